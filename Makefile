@@ -1,0 +1,37 @@
+# Two commands: `make demo` (train, analyse, serve) and `make test` (lint, types, every test).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PRESET ?= demo
+
+.PHONY: install demo test lint bench serve clean
+
+install: $(VENV)/.installed
+
+# torch is installed first and pinned: its CPU wheel (a looser range pulls a multi-GB CUDA build).
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,corpus,postgres]"
+	touch $@
+
+demo: install
+	$(BIN)/monosemantic demo --preset $(PRESET)
+
+serve: install
+	$(BIN)/monosemantic serve
+
+lint: install
+	$(BIN)/ruff check trainer app tests bench
+	$(BIN)/ruff format --check trainer app tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+bench: install
+	for script in bench/bench_*.py; do $(PY) $$script; done
+
+clean:
+	rm -rf runs $(VENV)

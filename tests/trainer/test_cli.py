@@ -1,0 +1,51 @@
+import pytest
+
+from trainer.cli import SUBCOMMANDS, build_parser, config_from_args, main
+
+
+@pytest.mark.parametrize("command", [*SUBCOMMANDS, "serve"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: monosemantic" in capsys.readouterr().out
+
+
+def test_flags_map_onto_the_typed_config():
+    args = build_parser().parse_args(
+        [
+            "train-sae",
+            "--preset",
+            "tiny",
+            "--variant",
+            "topk",
+            "--k",
+            "8",
+            "--set",
+            "sae.lr=0.0003",
+            "--out-dir",
+            "/tmp/x",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.sae.variant, cfg.sae.k, cfg.sae.lr, cfg.out_dir) == ("topk", 8, 3e-4, "/tmp/x")
+    assert cfg.sae.d_in == cfg.model.d_mlp
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["corpus", "--preset", "huge"], "unknown preset 'huge'"),
+        (["train-sae", "--preset", "tiny", "--variant", "gated"], "unknown SAE variant 'gated'"),
+        (["corpus", "--preset", "tiny", "--set", "sae.colour=1"], "unknown sae setting(s): colour"),
+        (
+            ["corpus", "--preset", "tiny", "--source", "/nonexistent/corpus.txt", "--out-dir", "/tmp/never"],
+            "corpus source /nonexistent/corpus.txt does not exist",
+        ),
+        (["train-lm", "--preset", "tiny", "--out-dir", "/nonexistent/run"], "no tokenised corpus"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err

@@ -1,0 +1,115 @@
+"""Harvest the MLP activations (the hook point) of the trained model, for SAE training.
+
+As in the paper, rows are shuffled across contexts: each shard is filled from many random
+contexts of the training split and its rows are permuted before writing. Layout of the
+output directory: `acts_00000.npy` (float16 [rows, d_mlp]), `doc_pos_00000.npy` (int64
+[rows, 2]: document index and position in the document, so analysis can show contexts) and
+`manifest.json` ({"d_in", "n_rows", "shards", "n_ctx", "seed"}). A shard is a pure function of
+(seed, shard index) and is written atomically, so an interrupted harvest resumes by skipping
+the shards already on disk.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trainer.checkpoint import atomic_write_bytes, atomic_write_text
+from trainer.config import HarvestConfig
+from trainer.model import OneLayerTransformer
+from trainer.train_lm import autocast
+
+MANIFEST = "manifest.json"
+
+
+def shard_names(index: int) -> tuple[str, str]:
+    return f"acts_{index:05d}.npy", f"doc_pos_{index:05d}.npy"
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def document_starts(tokens: np.ndarray, eot_id: int) -> np.ndarray:
+    """Offsets where each document begins in the token stream (documents end with EOT)."""
+    ends = np.flatnonzero(np.asarray(tokens) == eot_id)
+    return np.concatenate([[0], ends + 1])
+
+
+@torch.no_grad()
+def harvest_shard(
+    model: OneLayerTransformer,
+    tokens: np.ndarray,
+    starts_of_docs: np.ndarray,
+    n_rows: int,
+    cfg: HarvestConfig,
+    shard_index: int,
+    dtype: str = "bf16",
+) -> tuple[np.ndarray, np.ndarray]:
+    """MLP activations of `n_rows` tokens from random contexts, rows shuffled: (acts, doc_pos)."""
+    n_ctx = model.cfg.n_ctx
+    rng = np.random.default_rng([cfg.seed, shard_index])
+    n_contexts = -(-n_rows // n_ctx)
+    context_starts = rng.integers(0, len(tokens) - n_ctx, size=n_contexts)
+    acts = np.empty((n_contexts * n_ctx, model.cfg.d_mlp), dtype=np.float16)
+    offsets = np.empty(n_contexts * n_ctx, dtype=np.int64)
+    for first in range(0, n_contexts, cfg.batch_contexts):
+        batch_starts = context_starts[first : first + cfg.batch_contexts]
+        windows = np.stack([np.asarray(tokens[s : s + n_ctx], dtype=np.int64) for s in batch_starts])
+        with autocast(dtype):
+            mlp = model.mlp_activations(torch.from_numpy(windows))
+        rows = slice(first * n_ctx, (first + len(batch_starts)) * n_ctx)
+        acts[rows] = mlp.float().reshape(-1, model.cfg.d_mlp).numpy()
+        offsets[rows] = (batch_starts[:, None] + np.arange(n_ctx)[None, :]).reshape(-1)
+    order = rng.permutation(len(acts))[:n_rows]
+    offsets = offsets[order]
+    documents = np.searchsorted(starts_of_docs, offsets, side="right") - 1
+    doc_pos = np.stack([documents, offsets - starts_of_docs[documents]], axis=1)
+    return acts[order], doc_pos
+
+
+def harvest(
+    model: OneLayerTransformer,
+    tokens: np.ndarray,
+    eot_id: int,
+    cfg: HarvestConfig,
+    out_dir: Path,
+    dtype: str = "bf16",
+    resume: bool = False,
+) -> dict:
+    """Write `cfg.n_tokens` rows of activations in shards to `out_dir`; returns the manifest.
+    Without `resume`, shards already there (perhaps of another model) are replaced."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for stale in [*out_dir.glob("acts_*.npy"), *out_dir.glob("doc_pos_*.npy"), out_dir / MANIFEST]:
+            stale.unlink(missing_ok=True)
+    starts_of_docs = document_starts(tokens, eot_id)
+    n_shards = -(-cfg.n_tokens // cfg.shard_rows)
+    shards = []
+    with tqdm(total=cfg.n_tokens, desc="harvest", unit="tok", unit_scale=True) as bar:
+        for index in range(n_shards):
+            rows = min(cfg.shard_rows, cfg.n_tokens - index * cfg.shard_rows)
+            acts_name, pos_name = shard_names(index)
+            if not ((out_dir / acts_name).exists() and (out_dir / pos_name).exists()):
+                acts, doc_pos = harvest_shard(model, tokens, starts_of_docs, rows, cfg, index, dtype)
+                atomic_write_bytes(out_dir / pos_name, _npy_bytes(doc_pos))
+                atomic_write_bytes(out_dir / acts_name, _npy_bytes(acts))
+            shards.append(acts_name)
+            bar.update(rows)
+    manifest = {
+        "d_in": model.cfg.d_mlp,
+        "n_rows": cfg.n_tokens,
+        "shards": shards,
+        "n_ctx": model.cfg.n_ctx,
+        "seed": cfg.seed,
+        "dtype": "float16",
+    }
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2))
+    return manifest

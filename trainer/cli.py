@@ -1,0 +1,202 @@
+"""The `monosemantic` command line: one subcommand per stage, `demo` for all of them, `serve`.
+
+Flags map onto the typed configs in one place (`config_from_args`); `--set stage.field=value`
+reaches any config field that has no flag of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from trainer.config import PRESETS, SAE_VARIANTS, ConfigError, RunConfig, preset_config
+
+# Flag -> (config key, type, help). Each flag is offered by the subcommands that use its stage.
+STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
+    "corpus": [
+        (
+            "--source",
+            "corpus.sources",
+            str,
+            "a text file, directory or .jsonl file (repeatable); default: the built-in offline corpus",
+        ),
+        ("--text-field", "corpus.text_field", str, "field holding the text in .jsonl sources"),
+        ("--max-bytes", "corpus.max_bytes", int, "cap on the corpus size in UTF-8 bytes"),
+        ("--vocab-size", "tokenizer.vocab_size", int, "BPE vocabulary size"),
+        ("--tokenizer", "tokenizer.tokenizer_path", str, "use this tokenizer.json instead of training one"),
+    ],
+    "train-lm": [
+        ("--lm-steps", "lm.n_steps", int, "optimizer steps"),
+        ("--lm-batch-size", "lm.batch_size", int, "contexts per step"),
+        ("--lm-lr", "lm.lr", float, "peak learning rate"),
+        ("--activation", "model.activation", str, "MLP nonlinearity: relu (the paper's) or gelu"),
+        ("--n-ctx", "model.n_ctx", int, "context length"),
+    ],
+    "harvest": [
+        ("--harvest-tokens", "harvest.n_tokens", int, "how many activation rows to harvest"),
+    ],
+    "train-sae": [
+        ("--variant", "sae.variant", str, f"SAE variant: {', '.join(SAE_VARIANTS)}"),
+        ("--d-sae", "sae.d_sae", int, "number of SAE features"),
+        ("--l1-coefficient", "sae.l1_coefficient", float, "sparsity penalty (paper, l1_decnorm, jumprelu)"),
+        ("--k", "sae.k", int, "active latents per token (topk, batchtopk)"),
+        ("--sae-tokens", "sae.n_tokens", int, "training tokens"),
+        ("--sae-lr", "sae.lr", float, "Adam learning rate"),
+        (
+            "--activations",
+            "activations_file",
+            str,
+            "train on this .npy/.safetensors [N, d_in] file instead of the harvested activations",
+        ),
+    ],
+    "evaluate": [("--eval-tokens", "eval.n_tokens", int, "held-out tokens to evaluate on")],
+    "analyze": [("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse")],
+}
+
+SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
+    "corpus": ("Build the corpus, train the BPE tokenizer and tokenise.", ["corpus"]),
+    "train-lm": ("Train the one-layer transformer.", ["train-lm"]),
+    "harvest": ("Harvest the model's MLP activations to disk.", ["harvest"]),
+    "train-sae": ("Train a sparse autoencoder on the activations.", ["train-sae"]),
+    "evaluate": (
+        "Evaluate the SAE on held-out text (MSE, FVU, L0, dead/dense, CE loss recovered).",
+        ["evaluate"],
+    ),
+    "analyze": ("Analyse every feature and every neuron into the database.", ["analyze"]),
+    "demo": (
+        "Run every stage in order, then serve the browser.",
+        ["corpus", "train-lm", "harvest", "train-sae", "evaluate", "analyze"],
+    ),
+}
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--preset", default="demo", help=f"named configuration: {', '.join(PRESETS)} (default: demo)"
+    )
+    group.add_argument("--out-dir", help="where artifacts go (default: runs/<preset>)")
+    group.add_argument("--db", help="database URL (default: $DATABASE_URL, else SQLite under --out-dir)")
+    group.add_argument("--run-name", help="the run's slug in the database")
+    group.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.FIELD=VALUE",
+        help="override any config field, e.g. --set sae.lr=3e-4 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monosemantic", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, stages) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_common(sub)
+        for stage in stages:
+            group = sub.add_argument_group(stage)
+            for flag, key, kind, flag_help in STAGE_FLAGS[stage]:
+                action = "append" if key == "corpus.sources" else "store"
+                group.add_argument(flag, dest=key, type=kind, action=action, help=flag_help)
+        if name == "demo":
+            sub.add_argument("--no-serve", action="store_true", help="stop after analysis instead of serving")
+            sub.add_argument("--host", default="127.0.0.1")
+            sub.add_argument("--port", type=int, default=8000)
+    serve = commands.add_parser(
+        "serve", help="Serve the feature browser.", description="Serve the feature browser."
+    )
+    serve.add_argument("--db", help="database URL (default: $DATABASE_URL, else runs/demo/monosemantic.db)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected STAGE.FIELD=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key] = _parse_value(value)
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            overrides[key] = tuple(value) if isinstance(value, list) else value
+    if args.out_dir:
+        overrides["out_dir"] = args.out_dir
+    overrides["db_url"] = args.db
+    overrides["run_name"] = args.run_name
+    return preset_config(args.preset, **overrides)
+
+
+def _serve(db_url: str | None, host: str, port: int) -> None:
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings(database_url=db_url) if db_url else Settings()
+    app = create_app(settings)
+    print(f"serving the feature browser at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file: str | None = None) -> None:
+    from trainer import pipeline
+
+    actions: dict[str, Callable[[], Any]] = {
+        "corpus": lambda: pipeline.run_corpus(cfg),
+        "train-lm": lambda: pipeline.run_train_lm(cfg, resume=resume),
+        "harvest": lambda: pipeline.run_harvest(cfg, resume=resume),
+        "train-sae": lambda: pipeline.run_train_sae(cfg, resume=resume, activations_file=activations_file),
+        "evaluate": lambda: pipeline.run_evaluate(cfg),
+        "analyze": lambda: pipeline.run_analyze(cfg),
+    }
+    for stage in stages:
+        actions[stage]()
+
+
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    ValueError,
+    FileNotFoundError,
+    RuntimeError,
+    OSError,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            _serve(args.db, args.host, args.port)
+            return 0
+        cfg = config_from_args(args)
+        run_stages(cfg, SUBCOMMANDS[args.command][1], args.resume, getattr(args, "activations_file", None))
+        if args.command == "demo":
+            print(f"demo finished; artifacts in {cfg.root}/, database {cfg.database_url}")
+            if not args.no_serve:
+                _serve(cfg.database_url, args.host, args.port)
+    except KNOWN_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

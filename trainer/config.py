@@ -1,0 +1,349 @@
+"""Typed configuration for every stage, and the named presets.
+
+One frozen dataclass per stage, nested in `RunConfig`. `__post_init__` only validates;
+derived numbers are properties. The CLI maps its flags onto these in one place (`cli.py`),
+and the whole `RunConfig` is saved beside every artifact and in the database.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+SAEVariant = Literal["paper", "l1_decnorm", "topk", "batchtopk", "jumprelu"]
+SAE_VARIANTS: tuple[str, ...] = ("paper", "l1_decnorm", "topk", "batchtopk", "jumprelu")
+ComputeDtype = Literal["bf16", "fp32"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message says which and why."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    # Empty `sources` means the built-in offline corpus (see corpus.py).
+    sources: tuple[str, ...] = ()
+    text_field: str = "text"  # the field read from JSONL sources
+    max_bytes: int = 64_000_000  # cap on the text kept (UTF-8 bytes)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.max_bytes > 0, "corpus.max_bytes must be positive")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 4096
+    tokenizer_path: str | None = None  # a user's tokenizer.json instead of training one
+    bpe_train_bytes: int = 24_000_000  # BPE merges are learned on this prefix of the corpus
+    val_fraction: float = 0.02  # held-out documents, never trained on
+
+    def __post_init__(self) -> None:
+        _check(256 < self.vocab_size <= 1_000_000, "tokenizer.vocab_size must be in (256, 1e6]")
+        _check(0.0 < self.val_fraction < 0.5, "tokenizer.val_fraction must be in (0, 0.5)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The paper's A/1 shape: one attention block and one 512-neuron ReLU MLP, residual 128."""
+
+    vocab_size: int = 4096
+    n_ctx: int = 128
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    activation: Literal["relu", "gelu"] = "relu"
+
+    def __post_init__(self) -> None:
+        _check(self.d_model % self.n_heads == 0, "model.d_model must be divisible by model.n_heads")
+        _check(self.activation in ("relu", "gelu"), f"model.activation {self.activation!r}: use relu or gelu")
+        _check(self.n_ctx >= 8, "model.n_ctx must be at least 8")
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    n_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    eval_interval: int = 200
+    checkpoint_interval: int = 200
+    dtype: ComputeDtype = "bf16"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_steps > 0 and self.batch_size > 0, "lm training needs n_steps > 0 and batch_size > 0")
+        _check(self.dtype in ("bf16", "fp32"), f"lm.dtype {self.dtype!r}: use bf16 or fp32")
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    n_tokens: int = 4_000_000
+    shard_rows: int = 1_000_000
+    batch_contexts: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.n_tokens > 0 and self.shard_rows > 0, "harvest.n_tokens and shard_rows must be positive")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    d_in: int = 512
+    d_sae: int = 4096
+    variant: SAEVariant = "paper"
+    l1_coefficient: float = 5e-3  # paper / l1_decnorm; jumprelu uses it for its L0 penalty
+    k: int = 32  # topk / batchtopk
+    aux_k: int = 256  # AuxK latents for topk / batchtopk (Gao et al. 2024)
+    aux_coefficient: float = 1 / 32
+    jumprelu_init_threshold: float = 1e-3
+    jumprelu_bandwidth: float = 1e-3
+    lr: float = 1e-3
+    batch_size: int = 4096
+    n_tokens: int = 4_000_000
+    l1_warmup_fraction: float = 0.05
+    resample_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # paper recipe only
+    dead_window_fraction: float = 0.1  # "dead" = no firing in this fraction of the run
+    checkpoint_interval: int = 200  # steps
+    dtype: ComputeDtype = "bf16"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.variant in SAE_VARIANTS,
+            f"unknown SAE variant {self.variant!r}; choose one of {', '.join(SAE_VARIANTS)}",
+        )
+        _check(self.d_in > 0 and self.d_sae > 0, "sae.d_in and sae.d_sae must be positive")
+        _check(0 < self.k <= self.d_sae, "sae.k must be in (0, d_sae]")
+        _check(self.batch_size > 0 and self.n_tokens >= self.batch_size, "sae.n_tokens must be >= batch_size")
+        _check(all(0 < f < 1 for f in self.resample_fractions), "sae.resample_fractions must be in (0, 1)")
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_tokens // self.batch_size
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_tokens: int = 200_000
+    batch_contexts: int = 64
+    dense_threshold: float = 0.1  # a feature firing on more than this fraction of tokens is "dense"
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    n_tokens: int = 2_000_000
+    n_top_examples: int = 20
+    n_intervals: int = 10
+    examples_per_interval: int = 5
+    context_before: int = 24
+    context_after: int = 8
+    histogram_bins: int = 40
+    n_logit_tokens: int = 10
+    n_neighbours: int = 8
+    tokens_per_batch: int = 16_384  # bounds memory: [tokens_per_batch, d_sae] floats at a time
+    n_top_tokens: int = 10  # per feature: the input tokens it fires on most
+    n_token_features: int = 8  # per vocabulary token: the features kept in the search index
+    dtype: ComputeDtype = "bf16"  # model + SAE forward in the analysis stream
+    seed: int = 0  # interval-sample reservoirs
+
+    def __post_init__(self) -> None:
+        _check(
+            self.context_before + self.context_after + 1 >= 32 or self.n_tokens < 10_000,
+            "analysis context must hold at least 32 tokens",
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = "demo"
+    out_dir: str = "runs/demo"
+    db_url: str | None = None  # None: sqlite file under out_dir (or DATABASE_URL)
+    run_name: str | None = None  # readable slug in the database; default derived from preset+variant
+    device: str = "cpu"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lm: LMTrainConfig = field(default_factory=LMTrainConfig)
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.model.vocab_size == self.tokenizer.vocab_size or self.tokenizer.tokenizer_path is not None,
+            "model.vocab_size must equal tokenizer.vocab_size",
+        )
+
+    # Paths of every artifact, in one place.
+    @property
+    def root(self) -> Path:
+        return Path(self.out_dir)
+
+    @property
+    def corpus_dir(self) -> Path:
+        return self.root / "corpus"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.root / "tokenizer.json"
+
+    @property
+    def tokens_dir(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def lm_dir(self) -> Path:
+        return self.root / "lm"
+
+    @property
+    def activations_dir(self) -> Path:
+        return self.root / "activations"
+
+    @property
+    def sae_dir(self) -> Path:
+        return self.root / f"sae_{self.sae.variant}_{self.sae.d_sae}"
+
+    @property
+    def database_url(self) -> str:
+        import os
+
+        if self.db_url:
+            return self.db_url
+        if os.environ.get("DATABASE_URL"):
+            return os.environ["DATABASE_URL"]
+        return f"sqlite:///{(self.root / 'monosemantic.db').resolve()}"
+
+    @property
+    def slug(self) -> str:
+        return self.run_name or f"{self.preset}-{self.sae.variant}-{self.sae.d_sae}"
+
+
+# ---------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # The whole chain in well under a minute: for tests.
+    "tiny": {
+        "corpus": {"max_bytes": 1_500_000},
+        "tokenizer": {"vocab_size": 512, "bpe_train_bytes": 1_000_000},
+        "model": {"vocab_size": 512, "n_ctx": 64, "d_model": 64, "n_heads": 2, "d_mlp": 128},
+        "lm": {
+            "n_steps": 60,
+            "batch_size": 16,
+            "eval_interval": 30,
+            "checkpoint_interval": 30,
+            "warmup_steps": 10,
+        },
+        "harvest": {"n_tokens": 40_000, "shard_rows": 16_000, "batch_contexts": 64},
+        "sae": {
+            "d_in": 128,
+            "d_sae": 256,
+            "batch_size": 512,
+            "n_tokens": 40_000,
+            "checkpoint_interval": 20,
+            "l1_coefficient": 1e-3,
+        },
+        "eval": {"n_tokens": 8_000, "batch_contexts": 32},
+        "analysis": {"n_tokens": 20_000, "n_top_examples": 20, "tokens_per_batch": 4096},
+    },
+    # The whole chain, analysis included, in about 10 minutes on 2 CPU cores.
+    "demo": {
+        "corpus": {"max_bytes": 48_000_000},
+        "tokenizer": {"vocab_size": 4096, "bpe_train_bytes": 16_000_000},
+        "model": {},
+        "lm": {"n_steps": 800, "batch_size": 32, "eval_interval": 100, "checkpoint_interval": 100},
+        "harvest": {"n_tokens": 6_000_000},
+        "sae": {"d_sae": 4096, "n_tokens": 6_000_000, "batch_size": 4096, "checkpoint_interval": 200},
+        "eval": {"n_tokens": 200_000},
+        "analysis": {"n_tokens": 1_000_000},
+    },
+    # A/1/4096 as far as a CPU allows: hours.
+    "paper": {
+        "corpus": {"max_bytes": 400_000_000},
+        "tokenizer": {"vocab_size": 4096, "bpe_train_bytes": 64_000_000},
+        "model": {"n_ctx": 256},
+        "lm": {"n_steps": 40_000, "batch_size": 64, "eval_interval": 1000, "checkpoint_interval": 1000},
+        "harvest": {"n_tokens": 100_000_000},
+        "sae": {"d_sae": 4096, "n_tokens": 400_000_000, "checkpoint_interval": 2000},
+        "eval": {"n_tokens": 1_000_000},
+        "analysis": {"n_tokens": 10_000_000},
+    },
+}
+
+
+def preset_config(name: str, **overrides: Any) -> RunConfig:
+    """Build the RunConfig of a named preset; `overrides` maps 'stage.field' or 'field' to a value."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    stages = {stage: dict(values) for stage, values in PRESETS[name].items()}
+    top: dict[str, Any] = {"preset": name, "out_dir": f"runs/{name}"}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if "." in key:
+            stage, attr = key.split(".", 1)
+            stages.setdefault(stage, {})[attr] = value
+        else:
+            top[key] = value
+    return build_run_config(top, stages)
+
+
+def build_run_config(top: dict[str, Any], stages: dict[str, dict[str, Any]]) -> RunConfig:
+    classes = {
+        "corpus": CorpusConfig,
+        "tokenizer": TokenizerConfig,
+        "model": ModelConfig,
+        "lm": LMTrainConfig,
+        "harvest": HarvestConfig,
+        "sae": SAEConfig,
+        "eval": EvalConfig,
+        "analysis": AnalysisConfig,
+    }
+    built: dict[str, Any] = {}
+    for stage, cls in classes.items():
+        values = stages.get(stage, {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown {stage} setting(s): {', '.join(sorted(unknown))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        built[stage] = cls(**values)
+    # The SAE reads the MLP: its width follows the model's unless set explicitly.
+    if "d_in" not in stages.get("sae", {}):
+        built["sae"] = replace(built["sae"], d_in=built["model"].d_mlp)
+    if "vocab_size" not in stages.get("model", {}):
+        built["model"] = replace(built["model"], vocab_size=built["tokenizer"].vocab_size)
+    return RunConfig(**top, **built)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of any config dataclass."""
+    assert is_dataclass(config)
+    return dataclasses.asdict(config)  # type: ignore[arg-type]
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    stage_names = {"corpus", "tokenizer", "model", "lm", "harvest", "sae", "eval", "analysis"}
+    top = {k: v for k, v in data.items() if k not in stage_names}
+    stages = {k: v for k, v in data.items() if k in stage_names}
+    # Saved configs are complete: keep d_in / vocab_size exactly as written.
+    return build_run_config(top, stages)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_dict(config), indent=2))
+
+
+def load_config(path: Path) -> RunConfig:
+    return from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,293 @@
+"""The database schema: the one module the trainer writes through and the app reads through.
+
+SQLAlchemy 2.0 typed models. Numeric arrays (per-token activations, token ids) are stored as
+little-endian binary blobs (`pack_*` / `unpack_*` below); small structured values (histograms,
+logit tables, configs, metrics) as JSON. The JSON layouts are documented on each column, and
+nothing outside this module defines a table, a column name or a JSON layout.
+
+Schema changes: bump `SCHEMA_VERSION` and add a function to `MIGRATIONS` (see `ensure_schema`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+
+RUN_KINDS = ("sae", "neurons")
+RUN_STATUSES = ("running", "complete", "failed")
+EXAMPLE_KINDS = ("top", "interval")
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used: unreachable, or written by a newer schema. Message says which."""
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class SchemaInfo(Base):
+    __tablename__ = "schema_info"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+
+
+class Run(Base):
+    """One analysed basis of one model: an SAE's features (kind 'sae') or the MLP neurons ('neurons')."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Readable, stable link name. While a run is being written it carries a pending slug
+    # ('<slug>~pending-<hex>'); `publish_run` swaps it in when the run is complete.
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # one of RUN_KINDS
+    status: Mapped[str] = mapped_column(String(16), index=True)  # one of RUN_STATUSES
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    model_name: Mapped[str] = mapped_column(String(200))  # runs of one model share it
+    variant: Mapped[str] = mapped_column(String(32))  # SAE variant, or 'neurons'
+    d_in: Mapped[int] = mapped_column(Integer)
+    n_features: Mapped[int] = mapped_column(Integer)  # d_sae, or d_mlp for a neuron run
+    n_tokens_analyzed: Mapped[int] = mapped_column(Integer, default=0)
+    # Full RunConfig as written by trainer.config.to_dict.
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # {"mse", "fvu", "l0", "dead_fraction", "dense_fraction", "ce_clean", "ce_with_sae",
+    #  "ce_zero_ablation", "ce_loss_recovered", "lm_val_loss", ...}: floats, any may be missing.
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # {"edges": [float], "counts": [int], "n_zero": int}: log10 feature density.
+    density_histogram: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # {"sae": [{"step", "mse", "l1", "l0", "dead", ...}], "lm": [{"step", "train_loss", "val_loss"}]}
+    training_log: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # {"sources": [{"name", "kind", "bytes", "licence", "origin"}], "total_bytes", ...}
+    corpus_manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Directory holding tokenizer.json and lm/ (the model), for live inference; and the SAE's
+    # folder (sae_weights.safetensors + cfg.json) for an 'sae' run.
+    artifacts_path: Mapped[str | None] = mapped_column(Text, default=None)
+    sae_path: Mapped[str | None] = mapped_column(Text, default=None)
+
+    features: Mapped[list[Feature]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status == "complete"
+
+
+class Feature(Base):
+    """One feature (or neuron) of a run, with everything its page shows except examples."""
+
+    __tablename__ = "features"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    density: Mapped[float] = mapped_column(Float)  # fraction of analysed tokens where it fires
+    max_activation: Mapped[float] = mapped_column(Float)
+    mean_activation: Mapped[float] = mapped_column(Float)  # mean over the tokens where it fires
+    label: Mapped[str] = mapped_column(Text, default="")
+    label_source: Mapped[str] = mapped_column(String(16), default="auto")  # 'auto' | 'human'
+    # {"edges": [float] (n+1), "counts": [int] (n)}: nonzero activations; interval band b of the
+    # examples covers activations in [band_edges[b], band_edges[b+1]).
+    activation_histogram: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    band_edges: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # [{"token_id": int, "count": int, "mean_activation": float}], most frequent first.
+    top_tokens: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # [{"token_id": int, "value": float}] sorted by value, descending / ascending.
+    logit_positive: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    logit_negative: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # {"edges": [float], "counts": [int]}: all vocabulary logit weights of the feature.
+    logit_histogram: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # [{"index": int, "cosine": float}] nearest other features by decoder cosine similarity.
+    neighbours: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+    run: Mapped[Run] = relationship(back_populates="features")
+
+    __table_args__ = (
+        Index("ix_features_run_density", "run_id", "density"),
+        Index("ix_features_run_max", "run_id", "max_activation"),
+    )
+
+
+class Example(Base):
+    """A context window around one activating token of one feature."""
+
+    __tablename__ = "examples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    feature_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # 'top' | 'interval'
+    band: Mapped[int | None] = mapped_column(Integer, default=None)  # interval band, 0 = lowest
+    rank: Mapped[int] = mapped_column(Integer)  # order within (kind, band)
+    max_activation: Mapped[float] = mapped_column(Float)  # activation on the focus token
+    focus_position: Mapped[int] = mapped_column(Integer)  # index of the focus token in the window
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary)  # pack_token_ids([window])
+    activations: Mapped[bytes] = mapped_column(LargeBinary)  # pack_activations([window])
+    source_position: Mapped[int] = mapped_column(Integer)  # focus token's offset in the analysed stream
+
+    __table_args__ = (Index("ix_examples_feature", "run_id", "feature_index", "kind", "band", "rank"),)
+
+
+class Token(Base):
+    """The vocabulary of a run's tokenizer, with each token's exact text."""
+
+    __tablename__ = "tokens"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    token_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)  # the token's exact bytes
+    text: Mapped[str] = mapped_column(Text)  # raw decoded as UTF-8 with replacement
+    display: Mapped[str] = mapped_column(Text)  # text with whitespace made visible (display_token)
+
+    __table_args__ = (Index("ix_tokens_text", "text"),)
+
+
+class TokenFeature(Base):
+    """Search index: for each vocabulary token, the features that fire most on it, ranked."""
+
+    __tablename__ = "token_features"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    token_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)  # 0 = strongest
+    feature_index: Mapped[int] = mapped_column(Integer)
+    mean_activation: Mapped[float] = mapped_column(Float)  # mean over occurrences of the token
+    count: Mapped[int] = mapped_column(Integer)  # occurrences on which the feature fired
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def pack_token_ids(ids: np.ndarray) -> bytes:
+    return np.asarray(ids, dtype="<i4").tobytes()
+
+
+def unpack_token_ids(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<i4")
+
+
+def pack_activations(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f2").tobytes()
+
+
+def unpack_activations(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f2").astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+_VISIBLE = {" ": "\u00b7", "\n": "\u21b5", "\t": "\u2192", "\r": "\u240d"}
+
+
+def display_token(text: str) -> str:
+    """A token's text with spaces, newlines and tabs made visible (· ↵ →)."""
+    return "".join(_VISIBLE.get(ch, ch) for ch in text)
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+def make_engine(url: str, read_only: bool = False) -> Engine:
+    """An engine for `url`. SQLite read-only connections use `mode=ro` so the app cannot write."""
+    if url.startswith("sqlite"):
+        if read_only and ":memory:" not in url:
+            path = url.split("sqlite:///", 1)[1]
+            engine = create_engine(
+                "sqlite://",
+                creator=lambda: __import__("sqlite3").connect(
+                    f"file:{path}?mode=ro", uri=True, check_same_thread=False
+                ),
+            )
+        else:
+            engine = create_engine(url, connect_args={"check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            if not read_only:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.close()
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args["connect_timeout"] = 10
+        if read_only:
+            connect_args["options"] = "-c default_transaction_read_only=on -c statement_timeout=5000"
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _check_reachable(engine: Engine) -> None:
+    try:
+        with engine.connect():
+            pass
+    except (OperationalError, SQLAlchemyError) as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatabaseError(
+            f"cannot open database {engine.url.render_as_string(hide_password=True)}: {reason}"
+        ) from exc
+
+
+# Migration functions, applied in order: MIGRATIONS[v] upgrades a database from version v to v+1.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def read_schema_version(engine: Engine) -> int | None:
+    """The schema version stored in the database, or None if it holds no schema yet."""
+    _check_reachable(engine)
+    if not inspect(engine).has_table(SchemaInfo.__tablename__):
+        return None
+    with engine.connect() as conn:
+        return conn.execute(select(SchemaInfo.version)).scalar_one_or_none()
+
+
+def check_schema_version(engine: Engine) -> None:
+    """Refuse a database written by a newer version of this tool (nothing is touched)."""
+    version = read_schema_version(engine)
+    if version is not None and version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"database schema version {version} is newer than this tool's ({SCHEMA_VERSION}); "
+            "upgrade monosemantic to read it"
+        )
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the tables in an empty database, migrate an older one, refuse a newer one."""
+    check_schema_version(engine)
+    version = read_schema_version(engine)
+    with engine.begin() as conn:
+        if version is None:
+            Base.metadata.create_all(conn)
+            conn.execute(insert(SchemaInfo).values(id=1, version=SCHEMA_VERSION))
+            return
+        while version < SCHEMA_VERSION:
+            MIGRATIONS[version](conn)
+            version += 1
+        conn.execute(update(SchemaInfo).values(version=SCHEMA_VERSION))
