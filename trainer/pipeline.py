@@ -133,3 +133,103 @@ def run_harvest(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
 
 def corpus_manifest(cfg: RunConfig) -> dict[str, Any]:
     return load_manifest(cfg.corpus_dir)
+
+
+@timed("train-sae")
+def run_train_sae(cfg: RunConfig, resume: bool = False, activations_file: str | None = None) -> Any:
+    """Train the SAE on the harvested activations (or on a user's activation file)."""
+    from trainer.train_sae import train_sae
+
+    source = Path(activations_file) if activations_file else cfg.activations_dir
+    if not activations_file and not (source / "manifest.json").exists():
+        raise FileNotFoundError(f"no harvested activations at {source} (run `monosemantic harvest` first)")
+    result = train_sae(cfg, source, cfg.sae_dir, resume=resume)
+    if result.final is not None:
+        print(
+            f"train-sae: {cfg.sae.variant} {cfg.sae.d_in}->{cfg.sae.d_sae}, mse {result.final.mse:.4g}, "
+            f"L0 {result.final.l0:.1f}, dead {result.final.dead}, saved to {cfg.sae_dir}"
+        )
+    return result
+
+
+@timed("evaluate")
+def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
+    """Evaluate the SAE on held-out text; writes eval.json beside the SAE."""
+    from trainer.evaluate import evaluate_sae
+    from trainer.model import OneLayerTransformer
+    from trainer.sae import SparseAutoencoder
+
+    model = OneLayerTransformer.load(cfg.lm_dir)
+    sae = SparseAutoencoder.load(cfg.sae_dir)
+    _check_sae_fits(model, sae)
+    result = evaluate_sae(
+        model, sae, load_token_split(cfg.tokens_dir, "val"), cfg.eval, model.cfg.n_ctx, out_dir=cfg.sae_dir
+    )
+    metrics = result.to_dict()
+    print(
+        "evaluate: "
+        + ", ".join(
+            f"{k} {metrics[k]:.4g}"
+            for k in ("mse", "fvu", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered")
+        )
+    )
+    return metrics
+
+
+def _check_sae_fits(model: Any, sae: Any) -> None:
+    if sae.cfg.d_in != model.cfg.d_mlp:
+        raise ValueError(
+            f"the SAE reads {sae.cfg.d_in}-d activations but the model's MLP has {model.cfg.d_mlp} "
+            "neurons: train the SAE on this model's activations"
+        )
+
+
+def lm_val_loss(cfg: RunConfig) -> float | None:
+    path = cfg.lm_dir / "training_log.json"
+    if not path.exists():
+        return None
+    losses = [row["val_loss"] for row in json.loads(path.read_text()) if "val_loss" in row]
+    return losses[-1] if losses else None
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@timed("analyze")
+def run_analyze(cfg: RunConfig) -> tuple[int, int]:
+    """Analyse every SAE feature and every MLP neuron into the database (two runs)."""
+    from trainer.analyze import analyze_and_store, analyze_neurons_and_store
+    from trainer.model import OneLayerTransformer
+    from trainer.sae import SparseAutoencoder
+
+    model = OneLayerTransformer.load(cfg.lm_dir)
+    sae = SparseAutoencoder.load(cfg.sae_dir)
+    _check_sae_fits(model, sae)
+    tokenizer = load_tokenizer(cfg.tokenizer_path)
+    val_tokens = load_token_split(cfg.tokens_dir, "val")
+    lm_log = _read_json(cfg.lm_dir / "training_log.json") or []
+    lm_metrics = {"lm_val_loss": lm_val_loss(cfg)}
+    sae_metrics = {**(_read_json(cfg.sae_dir / "eval.json") or {}), **lm_metrics}
+    manifest = corpus_manifest(cfg)
+    sae_run = analyze_and_store(
+        cfg,
+        model,
+        sae,
+        tokenizer,
+        val_tokens,
+        metrics=sae_metrics,
+        training_log={"sae": _read_json(cfg.sae_dir / "training_log.json") or {}, "lm": lm_log},
+        corpus_manifest=manifest,
+    )
+    neuron_run = analyze_neurons_and_store(
+        cfg,
+        model,
+        tokenizer,
+        val_tokens,
+        metrics=lm_metrics,
+        training_log={"lm": lm_log},
+        corpus_manifest=manifest,
+    )
+    print(f"analyze: wrote runs '{cfg.slug}' and its neurons to {cfg.database_url}")
+    return sae_run, neuron_run

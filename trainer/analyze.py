@@ -1,0 +1,369 @@
+"""Analyse every feature of a basis (an SAE's features, or the MLP neurons) over held-out tokens,
+and store the run in the database — what the paper's interactive feature pages show.
+
+`analyze_run` streams over the val split once through the model and the encoder (memory bounded
+by `AnalysisConfig.tokens_per_batch`), keeping only the nonzero activations in an on-disk cache;
+two cheap passes over that cache add the histograms, the interval samples and every example
+window's activations (trainer/analysis/). `analyze_and_store` and `analyze_neurons_and_store`
+wrap it with the database protocol of trainer/store.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trainer.analysis.rows import (
+    concat_windows,
+    density_histogram,
+    example_rows,
+    feature_rows,
+    token_feature_rows,
+    windows_of,
+)
+from trainer.analysis.stats import (
+    FirstPassAccumulator,
+    fill_window_activations,
+    second_pass,
+)
+from trainer.analysis.stream import Encode, SparseCache, encode_stream
+from trainer.config import AnalysisConfig, RunConfig, to_dict
+from trainer.model import OneLayerTransformer
+from trainer.schema import (
+    Example,
+    Feature,
+    Token,
+    TokenFeature,
+    display_token,
+)
+from trainer.store import insert_rows, open_database, pending_run, update_run
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total): for tests and UIs
+
+
+class SAELike(Protocol):
+    @property
+    def W_dec(self) -> torch.Tensor: ...
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class Basis:
+    """What is analysed: `encode` maps MLP activations [N, d_mlp] to [N, n_features]; `decoder`
+    [n_features, d_mlp] gives logit effects; `neighbour_vectors` the similarity between features."""
+
+    kind: str  # 'sae' | 'neurons'
+    encode: Encode
+    decoder: torch.Tensor
+    neighbour_vectors: torch.Tensor
+
+    @property
+    def n_features(self) -> int:
+        return int(self.decoder.shape[0])
+
+
+def sae_basis(sae: SAELike) -> Basis:
+    decoder = sae.W_dec.detach().float()
+    return Basis("sae", sae.encode, decoder, decoder)
+
+
+def neuron_basis(model: OneLayerTransformer) -> Basis:
+    """The MLP neurons: identity encoder, unit decoder rows; decoder cosines are all zero, so
+    neighbours compare what each neuron writes into the residual stream (its W_out column)."""
+    d_mlp = model.cfg.d_mlp
+    return Basis("neurons", lambda x: x, torch.eye(d_mlp), model.mlp.W_out.weight.detach().T.float())
+
+
+@dataclass
+class RunAnalysis:
+    n_tokens: int
+    features: list[dict[str, Any]]  # Feature columns (no run_id)
+    examples: list[dict[str, Any]]  # Example columns (no run_id)
+    token_features: list[dict[str, Any]]  # TokenFeature columns (no run_id)
+    density_histogram: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    cache_bytes: int = 0
+
+
+def usable_tokens(val_tokens: np.ndarray, cfg: AnalysisConfig, n_ctx: int) -> np.ndarray:
+    """The analysed stream: the first n_tokens of the split, cut to whole n_ctx windows."""
+    n = min(cfg.n_tokens, len(val_tokens)) // n_ctx * n_ctx
+    if n == 0:
+        raise ValueError(
+            f"need at least one window of {n_ctx} held-out tokens to analyse; have {len(val_tokens)}"
+        )
+    return val_tokens[:n]
+
+
+def _stage(name: str, total: int, progress: Progress | None, unit: str = "batch") -> Callable[[int], None]:
+    bar = tqdm(total=total, desc=name, unit=unit, leave=False)
+    done = 0
+
+    def step(n: int = 1) -> None:
+        nonlocal done
+        done += n
+        bar.update(n)
+        if done >= total:
+            bar.close()
+        if progress is not None:
+            progress(name, done, total)
+
+    return step
+
+
+def _tracked(items: Iterator[Any] | Any, step: Callable[[int], None]) -> Iterator[Any]:
+    for item in items:
+        yield item
+        step(1)
+
+
+@torch.no_grad()
+def analyze_run(
+    model: OneLayerTransformer,
+    basis: Basis,
+    val_tokens: np.ndarray,
+    cfg: AnalysisConfig,
+    token_texts: list[str] | None = None,
+    progress: Progress | None = None,
+    cache_dir: str | Path | None = None,
+) -> RunAnalysis:
+    """Every feature's statistics, examples and summaries over the first cfg.n_tokens of `val_tokens`."""
+    if basis.decoder.shape[1] != model.cfg.d_mlp:
+        raise ValueError(
+            f"the basis reads {basis.decoder.shape[1]} inputs but the model's MLP has {model.cfg.d_mlp}"
+        )
+    n_ctx, vocab, n_features = model.cfg.n_ctx, model.cfg.vocab_size, basis.n_features
+    tokens = usable_tokens(val_tokens, cfg, n_ctx)
+    texts = token_texts if token_texts is not None else [str(i) for i in range(vocab)]
+    timings: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
+    encoder_module = getattr(basis.encode, "__self__", None)
+    encoder_training = isinstance(encoder_module, torch.nn.Module) and encoder_module.training
+    if isinstance(encoder_module, torch.nn.Module):
+        encoder_module.eval()  # batchtopk's inference threshold
+    try:
+        with SparseCache(n_features, cache_dir) as cache:
+            # Pass 1: encode, keep the sparse activations, counts, sums, top-k, token tables.
+            t0 = time.perf_counter()
+            batch_tokens = max(1, cfg.tokens_per_batch // n_ctx) * n_ctx
+            n_batches = math.ceil(len(tokens) / batch_tokens)
+            step = _stage("analysis: encode", n_batches, progress)
+            first = FirstPassAccumulator(n_features, vocab, cfg.n_top_examples)
+            for batch, raw, ids in encode_stream(
+                model, basis.encode, tokens, n_ctx, cfg.tokens_per_batch, cfg.dtype
+            ):
+                first.add(batch, ids)
+                cache.append(batch, raw)
+                step(1)
+            stats = first.result
+            timings["encode"] = time.perf_counter() - t0
+
+            # Pass 2: histograms and interval samples, now that each maximum is known.
+            t0 = time.perf_counter()
+            step = _stage("analysis: histograms", n_batches, progress)
+            second = second_pass(
+                _tracked(cache, step),
+                stats.max_activation,
+                cfg.histogram_bins,
+                cfg.n_intervals,
+                cfg.examples_per_interval,
+                cfg.seed,
+            )
+            timings["histograms"] = time.perf_counter() - t0
+
+            # Pass 3: the activations on every token of every example window.
+            t0 = time.perf_counter()
+            top_windows = windows_of(stats.top.positions, None, len(tokens), cfg)
+            interval_windows = windows_of(second.intervals.positions, cfg.n_intervals, len(tokens), cfg)
+            both = concat_windows(top_windows, interval_windows)
+            step = _stage("analysis: examples", n_batches, progress)
+            fill_window_activations(both, _tracked(cache, step), n_features)
+            timings["examples"] = time.perf_counter() - t0
+            cache_bytes = cache.n_bytes
+
+        t0 = time.perf_counter()
+        n_top = int(top_windows.features.numel())
+        examples = example_rows(both, tokens, cfg, n_top)
+        features = feature_rows(
+            model.direct_logit_weights().detach(),
+            basis.decoder,
+            basis.neighbour_vectors,
+            stats,
+            second,
+            texts,
+            cfg,
+        )
+        token_features = token_feature_rows(stats, cfg.n_token_features)
+        timings["summaries"] = time.perf_counter() - t0
+    finally:
+        model.train(was_training)
+        if isinstance(encoder_module, torch.nn.Module):
+            encoder_module.train(encoder_training)
+    density = stats.fire_count.double() / len(tokens)
+    return RunAnalysis(
+        len(tokens),
+        features,
+        examples,
+        token_features,
+        density_histogram(density, len(tokens)),
+        timings,
+        cache_bytes,
+    )
+
+
+# ---------------------------------------------------------------------------- database
+
+
+def token_rows(token_bytes: list[bytes]) -> list[dict[str, Any]]:
+    rows = []
+    for token_id, raw in enumerate(token_bytes):
+        text = raw.decode("utf-8", "replace")
+        rows.append({"token_id": token_id, "raw": raw, "text": text, "display": display_token(text)})
+    return rows
+
+
+def _token_bytes(tokenizer: Any) -> list[bytes]:
+    if isinstance(tokenizer, list):
+        return tokenizer
+    from trainer.tokenizer import token_bytes
+
+    return token_bytes(tokenizer)
+
+
+def _store(
+    cfg: RunConfig,
+    model: OneLayerTransformer,
+    basis: Basis,
+    tokenizer: Any,
+    val_tokens: np.ndarray,
+    db_url: str | None,
+    slug: str,
+    run_fields: dict[str, Any],
+    progress: Progress | None,
+) -> int:
+    vocab_bytes = _token_bytes(tokenizer)
+    if len(vocab_bytes) < model.cfg.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {len(vocab_bytes)} tokens but the model's vocabulary is {model.cfg.vocab_size}"
+        )
+    engine = open_database(db_url or cfg.database_url)
+    try:
+        with pending_run(
+            engine,
+            slug,
+            kind=basis.kind,
+            d_in=model.cfg.d_mlp,
+            n_features=basis.n_features,
+            config=to_dict(cfg),
+            **run_fields,
+        ) as run_id:
+            if progress is not None:
+                progress("run created", 0, 1)
+            texts = [raw.decode("utf-8", "replace") for raw in vocab_bytes]
+            analysis = analyze_run(model, basis, val_tokens, cfg.analysis, texts, progress)
+            update_run(
+                engine,
+                run_id,
+                n_tokens_analyzed=analysis.n_tokens,
+                density_histogram=analysis.density_histogram,
+            )
+            tables: list[tuple[type, list[dict[str, Any]]]] = [
+                (Token, token_rows(vocab_bytes)),
+                (Feature, analysis.features),
+                (TokenFeature, analysis.token_features),
+                (Example, analysis.examples),
+            ]
+            step = _stage("database: write", sum(len(rows) for _, rows in tables), progress, unit="row")
+            for table, rows in tables:
+                insert_rows(engine, table, run_id, rows, on_batch=step)
+        return run_id
+    finally:
+        engine.dispose()
+
+
+def analyze_and_store(
+    cfg: RunConfig,
+    model: OneLayerTransformer,
+    sae: SAELike,
+    tokenizer: Any,
+    val_tokens: np.ndarray,
+    db_url: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    training_log: dict[str, Any] | None = None,
+    corpus_manifest: dict[str, Any] | None = None,
+    slug: str | None = None,
+    model_name: str | None = None,
+    artifacts_path: str | None = None,
+    sae_path: str | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Analyse an SAE's features and publish them as run `slug` (default cfg.slug), replacing any
+    run of that slug; returns the run id. `tokenizer`: a tokenizers.Tokenizer or its token bytes."""
+    d_in = int(sae.W_dec.shape[1])
+    if d_in != model.cfg.d_mlp:
+        raise ValueError(
+            f"the SAE reads {d_in}-dimensional inputs but the model's MLP has {model.cfg.d_mlp} "
+            "neurons: this SAE was not trained on this model"
+        )
+    variant = getattr(getattr(sae, "cfg", None), "variant", "sae")
+    fields = dict(
+        model_name=model_name or Path(cfg.out_dir).name,
+        variant=variant,
+        metrics=metrics or {},
+        training_log=training_log or {},
+        corpus_manifest=corpus_manifest or {},
+        artifacts_path=artifacts_path or str(cfg.root.resolve()),
+        sae_path=sae_path or str(cfg.sae_dir.resolve()),
+    )
+    return _store(
+        cfg, model, sae_basis(sae), tokenizer, val_tokens, db_url, slug or cfg.slug, fields, progress
+    )
+
+
+def analyze_neurons_and_store(
+    cfg: RunConfig,
+    model: OneLayerTransformer,
+    tokenizer: Any,
+    val_tokens: np.ndarray,
+    db_url: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    training_log: dict[str, Any] | None = None,
+    corpus_manifest: dict[str, Any] | None = None,
+    slug: str | None = None,
+    model_name: str | None = None,
+    artifacts_path: str | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """The same analysis for the model's MLP neurons, as a run of kind 'neurons' (default slug
+    '<model_name>-neurons'); returns the run id."""
+    name = model_name or Path(cfg.out_dir).name
+    fields = dict(
+        model_name=name,
+        variant="neurons",
+        metrics=metrics or {},
+        training_log=training_log or {},
+        corpus_manifest=corpus_manifest or {},
+        artifacts_path=artifacts_path or str(cfg.root.resolve()),
+        sae_path=None,
+    )
+    return _store(
+        cfg,
+        model,
+        neuron_basis(model),
+        tokenizer,
+        val_tokens,
+        db_url,
+        slug or f"{name}-neurons",
+        fields,
+        progress,
+    )

@@ -1,0 +1,341 @@
+"""The sparse autoencoder of Bricken et al. 2023 ("Problem Setup" / "Sparse Autoencoder") and the
+later variants we compare it with.
+
+    x̄ = x − b_dec;   f = ReLU(x̄ W_enc + b_enc);   x̂ = f W_dec + b_dec
+
+Shapes: W_enc [d_in, d_sae], W_dec [d_sae, d_in] (one dictionary vector per row), b_enc [d_sae],
+b_dec [d_in]. The variants only change the activation:
+  - paper, l1_decnorm: ReLU
+  - topk (Gao et al. 2024): keep the k largest pre-activations of each row, ReLU'd
+  - batchtopk (Bussmann et al. 2024): at train time the k·N largest over the batch; at inference
+    one global threshold, estimated during training and kept as a buffer
+  - jumprelu (Rajamanoharan et al. 2024): pre · 1[pre > threshold], a learned threshold per latent
+
+`save` writes the layout SAELens's `SAE.load_from_disk` reads: `sae_weights.safetensors` and
+`cfg.json` (a batchtopk SAE is saved as a jumprelu one with a uniform threshold, as SAELens does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from trainer.checkpoint import atomic_save_safetensors, atomic_write_text
+from trainer.config import ConfigError, SAEConfig
+
+HOOK_NAME = "blocks.0.mlp.hook_post"  # trainer.model.HOOK_MLP_POST; kept here so loading needs no model
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+
+# Our variant -> SAELens architecture name of the saved inference SAE.
+SAELENS_ARCHITECTURE = {
+    "paper": "standard",
+    "l1_decnorm": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+}
+
+
+# ---------------------------------------------------------------------------- JumpReLU with STE
+
+
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
+    """The rectangle kernel 1[|u| < 1/2] of Rajamanoharan et al. 2024, eq. 11."""
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class JumpReLUFunction(torch.autograd.Function):
+    """pre · 1[pre > θ]; d/dθ by the straight-through estimator −(θ/ε)·K((pre−θ)/ε)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_pre = grad * (pre > threshold)
+        kernel = _rectangle((pre.float() - threshold) / eps)
+        grad_threshold = (-(threshold / eps) * kernel * grad.float()).sum(0)
+        return grad_pre, grad_threshold, None
+
+
+class StepFunction(torch.autograd.Function):
+    """1[pre > θ] (for the L0 penalty); d/dθ by the STE −(1/ε)·K((pre−θ)/ε), no gradient to pre."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        eps = ctx.bandwidth
+        kernel = _rectangle((pre.float() - threshold) / eps)
+        return None, (-(1.0 / eps) * kernel * grad.float()).sum(0), None
+
+
+# ---------------------------------------------------------------------------- top-k helpers
+
+
+def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest pre-activations of each row, ReLU'd; zeros elsewhere."""
+    values, indices = torch.topk(pre, k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+
+
+def batch_topk_threshold(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """The value of the (k·N)-th largest pre-activation of the batch (a 0-dim tensor).
+
+    A full top-(k·N) over N·d_sae numbers is slow on a CPU, so take each row's top m = 4k first:
+    the answer is exact unless some row put all m of its candidates above it, which we check.
+    """
+    n_rows, d_sae = pre.shape
+    n_keep = min(k * n_rows, pre.numel())
+    m = min(d_sae, 4 * k)
+    row_top = torch.topk(pre, m, dim=-1, sorted=True).values  # [N, m], descending
+    threshold = torch.topk(row_top.flatten(), n_keep, sorted=False).values.min()
+    if m < d_sae and bool((row_top[:, -1] >= threshold).any()):
+        threshold = torch.topk(pre.flatten(), n_keep, sorted=False).values.min()
+    return threshold
+
+
+# ---------------------------------------------------------------------------- the SAE
+
+
+class SparseAutoencoder(nn.Module):
+    W_enc: nn.Parameter
+    W_dec: nn.Parameter
+    b_enc: nn.Parameter
+    b_dec: nn.Parameter
+    batchtopk_threshold: torch.Tensor
+
+    def __init__(self, cfg: SAEConfig, seed: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        generator = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+        # Anthropic's init: random unit-norm dictionary rows, encoder tied to the decoder's transpose.
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        if cfg.variant == "jumprelu":
+            # θ > 0 is kept by learning log θ; `threshold` exposes θ itself.
+            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
+        # batchtopk's inference threshold: a running mean of the smallest kept activation per batch.
+        self.register_buffer("batchtopk_threshold", torch.zeros(()))
+
+    @property
+    def threshold(self) -> torch.Tensor | None:
+        """The per-latent threshold [d_sae] of a jumprelu (or batchtopk at inference) SAE."""
+        if self.cfg.variant == "jumprelu":
+            return self.log_threshold.exp()
+        if self.cfg.variant == "batchtopk":
+            return self.batchtopk_threshold.expand(self.cfg.d_sae)
+        return None
+
+    # ------------------------------------------------------------------ forward
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """(x − b_dec) W_enc + b_enc, [N, d_sae]. Written as x W_enc + (b_enc − b_dec W_enc) so that
+        training never needs the gradient of the [N, d_in] input, only of the small bias vector."""
+        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x, self.W_enc)
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """f from the pre-activations, by variant (batchtopk depends on `self.training`)."""
+        variant = self.cfg.variant
+        if variant in ("paper", "l1_decnorm"):
+            return torch.relu(pre)
+        if variant == "topk":
+            return topk_activation(pre, self.cfg.k)
+        if variant == "batchtopk":
+            if self.training:
+                threshold = batch_topk_threshold(pre.detach(), self.cfg.k).float().clamp_min(0)
+                self._track_batchtopk_threshold(threshold)
+                return pre * (pre >= threshold)  # threshold >= 0, so this is ReLU'd too
+            return pre * (pre > self.batchtopk_threshold)
+        if variant == "jumprelu":
+            return JumpReLUFunction.apply(pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+        raise ConfigError(f"unknown SAE variant {variant!r}")
+
+    @torch.no_grad()
+    def _track_batchtopk_threshold(self, threshold: torch.Tensor, decay: float = 0.99) -> None:
+        # Bussmann et al. 2024 estimate the inference threshold as the average over training batches
+        # of the smallest activation kept; an exponential average follows the drifting weights.
+        if float(self.batchtopk_threshold) == 0.0:
+            self.batchtopk_threshold.copy_(threshold)
+        else:
+            self.batchtopk_threshold.mul_(decay).add_((1 - decay) * threshold)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations f [N, d_sae] of inputs x [N, d_in]."""
+        return self.activate(self.pre_activations(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """x̂ = f W_dec + b_dec, [N, d_in]."""
+        return torch.addmm(self.b_dec.to(f.dtype), f, self.W_dec.to(f.dtype))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂ [N, d_in], f [N, d_sae])."""
+        f = self.encode(x)
+        return self.decode(f), f
+
+    # ------------------------------------------------------------------ init and constraints
+
+    @torch.no_grad()
+    def init_b_dec(self, sample: torch.Tensor, method: str = "geometric_median", n_iter: int = 64) -> None:
+        """Set b_dec to the geometric median (Weiszfeld's algorithm) or the mean of `sample` [N, d_in],
+        as Anthropic initialise the decoder bias."""
+        sample = sample.float()
+        point = sample.mean(0)
+        if method == "geometric_median":
+            for _ in range(n_iter):
+                weights = 1.0 / (sample - point).norm(dim=1).clamp_min(1e-8)
+                new_point = (weights[:, None] * sample).sum(0) / weights.sum()
+                if (new_point - point).norm() <= 1e-6 * point.norm().clamp_min(1e-8):
+                    point = new_point
+                    break
+                point = new_point
+        elif method != "mean":
+            raise ValueError(f"unknown b_dec init {method!r}: use geometric_median or mean")
+        self.b_dec.copy_(point)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale every dictionary vector (row of W_dec) to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Drop the part of each W_dec row's gradient along the row, so that Adam's step does not
+        fight the unit-norm constraint (Towards Monosemanticity, appendix on the autoencoder)."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
+        self.W_dec.grad -= parallel * self.W_dec
+
+    # ------------------------------------------------------------------ save / load
+
+    def weights_for_saving(self) -> dict[str, torch.Tensor]:
+        tensors = {
+            name: getattr(self, name).detach().float().contiguous()
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec")
+        }
+        threshold = self.threshold
+        if threshold is not None:
+            tensors["threshold"] = threshold.detach().float().contiguous().clone()
+        return tensors
+
+    def saelens_cfg(
+        self, model_name: str = "monosemantic-1l", context_size: int | None = None
+    ) -> dict[str, Any]:
+        """cfg.json: SAELens's fields (flat, and under "meta" as SAELens ≥ 6 writes them) and ours."""
+        meta = {
+            "model_name": model_name,
+            "hook_name": HOOK_NAME,
+            "hook_layer": 0,
+            "hook_head_index": None,
+            "context_size": context_size,
+            "prepend_bos": False,
+            "dataset_path": "",
+        }
+        cfg: dict[str, Any] = {
+            "architecture": SAELENS_ARCHITECTURE[self.cfg.variant],
+            "d_in": self.cfg.d_in,
+            "d_sae": self.cfg.d_sae,
+            "dtype": "float32",
+            "device": "cpu",
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "activation_fn_str": "topk" if self.cfg.variant == "topk" else "relu",
+            **meta,
+            "meta": meta,
+            "monosemantic": dataclasses.asdict(self.cfg),
+        }
+        if self.cfg.variant == "topk":
+            cfg["k"] = self.cfg.k
+            cfg["activation_fn_kwargs"] = {"k": self.cfg.k}
+        return cfg
+
+    def save(
+        self, directory: Path, model_name: str = "monosemantic-1l", context_size: int | None = None
+    ) -> None:
+        """Write `sae_weights.safetensors` and `cfg.json` to `directory`, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_save_safetensors(
+            self.weights_for_saving(), directory / WEIGHTS_FILE, metadata={"variant": self.cfg.variant}
+        )
+        atomic_write_text(
+            directory / CFG_FILE, json.dumps(self.saelens_cfg(model_name, context_size), indent=2)
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> SparseAutoencoder:
+        """Read an SAE saved by `save` (or a standard/topk/jumprelu SAELens SAE); fp32, eval mode."""
+        directory = Path(directory)
+        cfg_path, weights_path = directory / CFG_FILE, directory / WEIGHTS_FILE
+        for path in (cfg_path, weights_path):
+            if not path.exists():
+                raise FileNotFoundError(f"no sparse autoencoder at {directory}: {path.name} is missing")
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"SAE config {cfg_path} is not valid JSON ({exc})") from exc
+        cfg = _sae_config_from_saved(saved, cfg_path)
+        try:
+            tensors = load_file(str(weights_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"SAE weights {weights_path} are corrupt or truncated ({exc})") from exc
+        sae = cls(cfg)
+        expected = {name: tuple(t.shape) for name, t in sae.weights_for_saving().items()}
+        for name, shape in expected.items():
+            if name not in tensors:
+                raise ValueError(f"SAE weights {weights_path} have no tensor {name!r}")
+            if tuple(tensors[name].shape) != shape:
+                raise ValueError(
+                    f"SAE weights {weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
+                    f"cfg.json implies {shape}"
+                )
+        with torch.no_grad():
+            for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+                getattr(sae, name).copy_(tensors[name].float())
+            if cfg.variant == "jumprelu":
+                sae.log_threshold.copy_(tensors["threshold"].float().clamp_min(1e-30).log())
+            elif cfg.variant == "batchtopk":
+                sae.batchtopk_threshold.copy_(tensors["threshold"].float().max())
+        return sae.eval()
+
+
+def _sae_config_from_saved(saved: dict[str, Any], path: Path) -> SAEConfig:
+    if "monosemantic" in saved:
+        fields = {f.name for f in dataclasses.fields(SAEConfig)}
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in saved["monosemantic"].items() if k in fields
+        }
+        return SAEConfig(**values)
+    # An SAE trained elsewhere (SAELens layout): map its architecture onto our variants.
+    variant = {"standard": "paper", "topk": "topk", "jumprelu": "jumprelu"}.get(
+        saved.get("architecture", "standard")
+    )
+    if variant is None or "d_in" not in saved or "d_sae" not in saved:
+        raise ValueError(f"SAE config {path} is neither ours nor a standard/topk/jumprelu SAELens config")
+    k = int(saved.get("k", 1))
+    return SAEConfig(d_in=int(saved["d_in"]), d_sae=int(saved["d_sae"]), variant=variant, k=k)  # type: ignore[arg-type]

@@ -1,0 +1,153 @@
+"""Writing runs into the database (trainer/schema.py) so that a run only ever appears complete.
+
+Protocol: `create_pending_run` inserts the Run as status 'running' under a pending slug
+('<slug>~pending-<hex>'); rows are bulk-inserted in batches, each batch its own transaction;
+`publish_run` then, in one transaction, deletes any run already holding the final slug (and
+failed leftovers of earlier attempts) and renames the pending run to the slug with status
+'complete'. An exception marks the run 'failed' with its message; a killed process leaves it
+'running' under its pending slug, which the app does not list.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from trainer.schema import (
+    Base,
+    DatabaseError,
+    Example,
+    Feature,
+    Run,
+    Token,
+    TokenFeature,
+    ensure_schema,
+    make_engine,
+    utcnow,
+)
+
+PENDING_MARK = "~pending-"
+CHILD_TABLES = (Example, TokenFeature, Token, Feature)
+
+
+def open_database(url: str) -> Engine:
+    """An engine on `url` with the current schema: created if empty, migrated if older.
+    Raises DatabaseError if unreachable or written by a newer version (nothing is changed)."""
+    try:
+        engine = make_engine(url)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise DatabaseError(f"cannot open database {url!r}: {exc}") from exc
+    ensure_schema(engine)
+    return engine
+
+
+def pending_slug(slug: str) -> str:
+    return f"{slug}{PENDING_MARK}{uuid.uuid4().hex[:8]}"
+
+
+def create_pending_run(engine: Engine, slug: str, **fields: Any) -> int:
+    """Insert a Run with status 'running' under a fresh pending slug; returns its id."""
+    if PENDING_MARK in slug:
+        raise ValueError(f"slug {slug!r} must not contain {PENDING_MARK!r}")
+    with engine.begin() as conn:
+        values = {"slug": pending_slug(slug), "status": "running", "created_at": utcnow(), **fields}
+        return int(conn.execute(insert(Run).values(**values).returning(Run.id)).scalar_one())
+
+
+def insert_rows(
+    engine: Engine,
+    table: type[Base],
+    run_id: int,
+    rows: Iterable[dict[str, Any]],
+    batch_size: int = 2000,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Bulk-insert `rows` (dicts of column values; run_id is added) in batches, one transaction
+    each; returns the number of rows. `on_batch(n)` is called after every batch."""
+    total = 0
+    iterator: Iterator[dict[str, Any]] = iter(rows)
+    while batch := [{**row, "run_id": run_id} for row in islice(iterator, batch_size)]:
+        with engine.begin() as conn:
+            conn.execute(insert(table), batch)
+        total += len(batch)
+        if on_batch is not None:
+            on_batch(len(batch))
+    return total
+
+
+def update_run(engine: Engine, run_id: int, **fields: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(Run).where(Run.id == run_id).values(**fields))
+
+
+def _delete_runs(conn: Any, run_ids: list[int]) -> None:
+    # Children first: the same on every backend whether or not foreign keys cascade.
+    for table in CHILD_TABLES:
+        conn.execute(delete(table).where(table.run_id.in_(run_ids)))  # type: ignore[attr-defined]
+    conn.execute(delete(Run).where(Run.id.in_(run_ids)))
+
+
+def publish_run(engine: Engine, run_id: int, slug: str) -> None:
+    """In one transaction: replace any run with `slug` (and failed attempts at it) by this one."""
+    with engine.begin() as conn:
+        status = conn.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
+        if status != "running":
+            raise DatabaseError(
+                f"run {run_id} is {status or 'gone'}, not running: cannot publish it as {slug!r}"
+            )
+        stale = (
+            conn.execute(
+                select(Run.id).where(
+                    Run.id != run_id,
+                    (Run.slug == slug)
+                    | (Run.slug.startswith(slug + PENDING_MARK, autoescape=True) & (Run.status == "failed")),
+                )
+            )
+            .scalars()
+            .all()
+        )
+        if stale:
+            _delete_runs(conn, list(stale))
+        conn.execute(
+            update(Run)
+            .where(Run.id == run_id)
+            .values(slug=slug, status="complete", completed_at=utcnow(), error=None)
+        )
+
+
+def mark_failed(engine: Engine, run_id: int, error: str) -> None:
+    """Mark a pending run 'failed' with `error`, and drop its partial rows (the Run row stays)."""
+    with engine.begin() as conn:
+        for table in CHILD_TABLES:
+            conn.execute(delete(table).where(table.run_id == run_id))  # type: ignore[attr-defined]
+        conn.execute(update(Run).where(Run.id == run_id).values(status="failed", error=error[:10_000]))
+
+
+@contextmanager
+def pending_run(engine: Engine, slug: str, **fields: Any) -> Iterator[int]:
+    """Create a pending run, yield its id; publish it if the block succeeds, else mark it failed
+    and re-raise."""
+    run_id = create_pending_run(engine, slug, **fields)
+    try:
+        yield run_id
+    except BaseException as exc:
+        try:
+            mark_failed(engine, run_id, f"{type(exc).__name__}: {exc}")
+        except SQLAlchemyError:
+            pass  # the original error matters more than the bookkeeping one
+        raise
+    publish_run(engine, run_id, slug)
+
+
+def complete_runs(engine: Engine) -> list[tuple[int, str]]:
+    """(id, slug) of every complete run, by slug."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(Run.id, Run.slug).where(Run.status == "complete").order_by(Run.slug)).all()
+    return [(int(run_id), str(slug)) for run_id, slug in rows]
