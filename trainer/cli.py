@@ -10,6 +10,7 @@ import argparse
 import ast
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from trainer.config import PRESETS, SAE_VARIANTS, ConfigError, RunConfig, preset_config
@@ -147,7 +148,16 @@ def _serve(db_url: str | None, host: str, port: int) -> None:
     from app.main import create_app
     from app.settings import Settings
 
+    from trainer.schema import check_schema_version, make_engine
+
     settings = Settings(database_url=db_url) if db_url else Settings()
+    url = settings.database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(
+            f"no database at {url.removeprefix('sqlite:///')}: run `monosemantic demo` "
+            "first, or point --db / DATABASE_URL at one"
+        )
+    check_schema_version(make_engine(url, read_only=True))  # a clear error now, not a traceback later
     app = create_app(settings)
     print(f"serving the feature browser at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.pool import QueuePool
 
 SCHEMA_VERSION = 1
 
@@ -166,7 +167,7 @@ class Token(Base):
     text: Mapped[str] = mapped_column(Text)  # raw decoded as UTF-8 with replacement
     display: Mapped[str] = mapped_column(Text)  # text with whitespace made visible (display_token)
 
-    __table_args__ = (Index("ix_tokens_text", "text"),)
+    __table_args__ = (Index("ix_tokens_text", "text"), Index("ix_tokens_run_text", "run_id", "text"))
 
 
 class TokenFeature(Base):
@@ -218,8 +219,10 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
     if url.startswith("sqlite"):
         if read_only and ":memory:" not in url:
             path = url.split("sqlite:///", 1)[1]
+            # A file pool, not the single-connection pool SQLAlchemy picks for "sqlite://".
             engine = create_engine(
                 "sqlite://",
+                poolclass=QueuePool,
                 creator=lambda: __import__("sqlite3").connect(
                     f"file:{path}?mode=ro", uri=True, check_same_thread=False
                 ),

@@ -1,0 +1,125 @@
+"""Plotly figure specs ({"data": [...], "layout": {...}}) for the pages' charts.
+
+The pages embed them as JSON data blocks; /static/charts.js draws them with the locally served
+plotly.min.js, so no script is inline and nothing comes from a CDN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.models import Histogram
+
+Spec = dict[str, Any]
+
+# Interval bands, lowest to highest: light to dark, the same hue as the token shading.
+BAND_COLOURS = [
+    "#fde0c5",
+    "#fcc89b",
+    "#fbb071",
+    "#f99848",
+    "#f47f2a",
+    "#e8680f",
+    "#d35400",
+    "#b84a00",
+    "#9c3f00",
+    "#7f3300",
+]
+NEUTRAL = "#8aa1b1"
+
+
+def _layout(x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "height": 220,
+        "margin": {"l": 48, "r": 12, "t": 8, "b": 40},
+        "xaxis": {"title": {"text": x_title}},
+        "yaxis": {"title": {"text": y_title}},
+        "bargap": 0.02,
+        "showlegend": False,
+        "paper_bgcolor": "rgba(0,0,0,0)",
+        "plot_bgcolor": "rgba(0,0,0,0)",
+        **extra,
+    }
+
+
+def _bars(hist: Histogram, colours: list[str] | str, name: str) -> dict[str, Any]:
+    edges = hist.edges
+    n = min(len(hist.counts), max(len(edges) - 1, 0))
+    centres = [(edges[i] + edges[i + 1]) / 2 for i in range(n)]
+    widths = [edges[i + 1] - edges[i] for i in range(n)]
+    return {
+        "type": "bar",
+        "x": centres,
+        "y": hist.counts[:n],
+        "width": widths,
+        "marker": {"color": colours},
+        "name": name,
+        "hovertemplate": "%{x:.3g}: %{y}<extra></extra>",
+    }
+
+
+def band_of(value: float, band_edges: list[float]) -> int | None:
+    for band in range(len(band_edges) - 1):
+        if band_edges[band] <= value < band_edges[band + 1]:
+            return band
+    return len(band_edges) - 2 if band_edges and value >= band_edges[-1] else None
+
+
+def activation_histogram(hist: Histogram, band_edges: list[float]) -> Spec | None:
+    """Nonzero activations, each bar coloured by the interval band its centre falls in."""
+    if not hist.counts:
+        return None
+    edges = hist.edges
+    colours = []
+    for i in range(min(len(hist.counts), len(edges) - 1)):
+        band = band_of((edges[i] + edges[i + 1]) / 2, band_edges)
+        colours.append(NEUTRAL if band is None else BAND_COLOURS[min(band, len(BAND_COLOURS) - 1)])
+    return {"data": [_bars(hist, colours, "activations")], "layout": _layout("activation", "count")}
+
+
+def logit_histogram(hist: Histogram) -> Spec | None:
+    if not hist.counts:
+        return None
+    edges = hist.edges
+    colours = ["#c0392b" if (edges[i] + edges[i + 1]) / 2 < 0 else "#2471a3" for i in range(len(edges) - 1)]
+    return {
+        "data": [_bars(hist, colours[: len(hist.counts)], "logit weights")],
+        "layout": _layout("direct logit weight", "tokens"),
+    }
+
+
+def density_histogram(hist: Histogram) -> Spec | None:
+    if not hist.counts:
+        return None
+    return {
+        "data": [_bars(hist, "#2471a3", "features")],
+        "layout": _layout("log₁₀ feature density", "features"),
+    }
+
+
+def training_curves(training_log: dict[str, Any]) -> list[tuple[str, Spec]]:
+    """One line chart per logged series of the SAE and LM logs (loss, L0, dead...)."""
+    charts: list[tuple[str, Spec]] = []
+    for stage in ("sae", "lm"):
+        records = [r for r in training_log.get(stage) or [] if isinstance(r, dict) and "step" in r]
+        if not records:
+            continue
+        series = sorted(
+            {k for r in records for k, v in r.items() if k != "step" and isinstance(v, int | float)}
+        )
+        traces = [
+            {
+                "type": "scatter",
+                "mode": "lines",
+                "name": name,
+                "x": [r["step"] for r in records if isinstance(r.get(name), int | float)],
+                "y": [r[name] for r in records if isinstance(r.get(name), int | float)],
+            }
+            for name in series
+        ]
+        layout = _layout("step", "", showlegend=True, legend={"orientation": "h", "y": -0.3}, height=260)
+        if stage == "sae" and traces:
+            # Series differ by orders of magnitude (MSE vs L0): a log axis keeps all readable.
+            layout["yaxis"] = {"type": "log"}
+        charts.append((stage, {"data": traces, "layout": layout}))
+    return charts

@@ -1,0 +1,41 @@
+"""The one place that builds the app's URLs: every page link and its /api/ JSON twin."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import quote, urlencode
+
+API = "/api"
+QueryValue = str | int | float | None
+
+
+def _query(params: Mapping[str, QueryValue] | None) -> str:
+    kept = {k: v for k, v in (params or {}).items() if v is not None and v != ""}
+    return f"?{urlencode(kept)}" if kept else ""
+
+
+def runs_url(api: bool = False, **params: QueryValue) -> str:
+    return (f"{API}/runs" if api else "/") + _query(params)
+
+
+def run_url(slug: str, api: bool = False, **params: QueryValue) -> str:
+    return f"{API if api else ''}/runs/{quote(slug, safe='')}" + _query(params)
+
+
+def feature_url(slug: str, index: int, api: bool = False, example: int | None = None) -> str:
+    fragment = f"#example-{example}" if example is not None else ""
+    return f"{run_url(slug, api)}/features/{index}{fragment}"
+
+
+def search_url(api: bool = False, **params: QueryValue) -> str:
+    return f"{API if api else ''}/search" + _query(params)
+
+
+def inference_url(slug: str, api: bool = False, **params: QueryValue) -> str:
+    return f"{run_url(slug, api)}/inference" + _query(params)
+
+
+def api_twin(path: str, query: str = "") -> str:
+    """The JSON twin of an HTML page's path (the front page's twin is /api/runs)."""
+    twin = f"{API}/runs" if path == "/" else f"{API}{path}"
+    return f"{twin}?{query}" if query else twin

@@ -1,0 +1,86 @@
+"""The web app: `create_app()` builds it (run with `uvicorn app.main:create_app --factory`).
+
+The engine is made here, read-only, and the database's schema version checked before the first
+request; nothing is built at import time, so tests can make apps on their own databases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import plotly
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
+
+from app.errors import install_error_handlers
+from app.routes import features, health, inference, runs, search
+from app.security import SecurityHeadersMiddleware
+from app.settings import Settings
+from app.templating import STATIC_DIR, build_templates
+from trainer.schema import DatabaseError, check_schema_version, make_engine, read_schema_version
+
+PLOTLY_DIR = Path(plotly.__file__).resolve().parent / "package_data"
+
+
+class CachedStaticFiles(StaticFiles):
+    """Static files with a Cache-Control header (plotly.min.js alone is several MB)."""
+
+    def __init__(self, *, directory: Path, max_age: int) -> None:
+        super().__init__(directory=directory)
+        self.cache_control = f"public, max-age={max_age}"
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code == 200:
+            response.headers["cache-control"] = self.cache_control
+        return response
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app for `settings` (default: from the environment). Raises DatabaseError at startup
+    if the database cannot be opened or was written by a newer schema."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url, read_only=True)
+        try:
+            check_schema_version(engine)
+            app.state.schema_version = read_schema_version(engine)
+        except DatabaseError as exc:
+            engine.dispose()
+            raise DatabaseError(f"{exc} (set DATABASE_URL to the trainer's database)") from exc
+        app.state.engine = engine
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="monosemantic",
+        summary="Browse the features of sparse autoencoders trained on a one-layer transformer.",
+        version="0.1.0",
+        lifespan=lifespan,
+        # Swagger UI and ReDoc load scripts from a CDN, which the CSP forbids; /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.templates = build_templates()
+    app.state.schema_version = None
+    for module in (runs, features, search, inference, health):
+        app.include_router(module.router)
+    # The vendor mount comes first: Starlette matches mounts in order.
+    app.mount(
+        "/static/vendor",
+        CachedStaticFiles(directory=PLOTLY_DIR, max_age=settings.static_max_age),
+        name="vendor",
+    )
+    app.mount(
+        "/static", CachedStaticFiles(directory=STATIC_DIR, max_age=settings.static_max_age), name="static"
+    )
+    install_error_handlers(app)
+    app.add_middleware(SecurityHeadersMiddleware)
+    return app

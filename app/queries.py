@@ -1,0 +1,539 @@
+"""The query layer: every SQL statement the app runs, with bound parameters only.
+
+Sort columns go through `SORT_COLUMNS`, page sizes are capped at `PAGE_SIZE_MAX`, and each
+function returns the response models of `app.models`, so the HTML pages and their JSON twins
+are built from the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import unicodedata
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from app import links
+from app.models import (
+    ExampleOut,
+    FeatureDetail,
+    FeatureList,
+    FeatureListFilters,
+    FeatureRow,
+    HeadlineMetrics,
+    Histogram,
+    IntervalBand,
+    LogitEntry,
+    Neighbour,
+    RunDetail,
+    RunList,
+    RunRef,
+    RunSummary,
+    SearchHit,
+    SearchMode,
+    SearchResult,
+    SortKey,
+    SortOrder,
+    TokenMatch,
+    TokenOut,
+    TopToken,
+)
+from trainer.schema import Example, Feature, Run, Token, TokenFeature, unpack_activations, unpack_token_ids
+
+PAGE_SIZE_MAX = 200
+PAGE_SIZE_DEFAULT = 50
+SEARCH_TOKENS_MAX = 200  # vocabulary tokens a prefix search may expand to
+SEARCH_HITS_DEFAULT = 100
+
+# The only columns a feature list can be sorted by; the index breaks ties so pages are stable.
+SORT_COLUMNS: dict[str, Any] = {
+    "index": Feature.index,
+    "density": Feature.density,
+    "max_activation": Feature.max_activation,
+    "label": Feature.label,
+}
+
+
+class NotFoundError(LookupError):
+    """What was asked for does not exist; the message says what (shown on the 404 page)."""
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def visible(text: str) -> str:
+    """Make invisible or direction-changing characters (zero-width, bidi overrides, controls)
+    visible as <U+XXXX>, so a token can neither hide nor reorder the text around it."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch
+        if ch.isprintable() or unicodedata.category(ch) not in ("Cf", "Cc", "Zl", "Zp")
+        else f"<U+{ord(ch):04X}>"
+        for ch in text
+    )
+
+
+def quoted(raw: bytes, text: str) -> str:
+    """repr-like quoting of a token's exact text ('\\n', ' the'); raw bytes if not valid UTF-8."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(raw)
+    return visible(repr(text))
+
+
+def token_out(token_id: int, raw: bytes, text: str, display: str) -> TokenOut:
+    return TokenOut(id=token_id, text=text, display=visible(display), quoted=quoted(raw, text))
+
+
+def unknown_token(token_id: int) -> TokenOut:
+    return TokenOut(id=token_id, text="", display=f"<{token_id}>", quoted=f"<unknown token {token_id}>")
+
+
+# Vocabularies of complete runs, which never change, kept per engine (so per database):
+# {engine: {(run id, created_at, completed_at): {token id: TokenOut}}}, a few runs each.
+_VOCAB_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[int, str, str], dict[int, TokenOut]]] = (
+    weakref.WeakKeyDictionary()
+)
+_VOCAB_CACHE_RUNS = 8
+_vocab_lock = threading.Lock()
+
+
+def _complete_vocabulary(session: Session, run: Run) -> dict[int, TokenOut]:
+    key = (run.id, str(run.created_at), str(run.completed_at))
+    engine = session.get_bind()
+    with _vocab_lock:
+        cache = _VOCAB_CACHE.setdefault(engine, OrderedDict())
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    rows = session.execute(
+        select(Token.token_id, Token.raw, Token.text, Token.display).where(Token.run_id == run.id)
+    ).all()
+    vocab = {row[0]: token_out(*row) for row in rows}
+    with _vocab_lock:
+        cache[key] = vocab
+        while len(cache) > _VOCAB_CACHE_RUNS:
+            cache.popitem(last=False)
+    return vocab
+
+
+def load_tokens(session: Session, run: Run, token_ids: Iterable[int]) -> dict[int, TokenOut]:
+    """Every token of `token_ids`: from the cached vocabulary of a complete run, else in one query.
+    Ids missing from the vocabulary get a placeholder."""
+    wanted = set(token_ids)
+    if not wanted:
+        return {}
+    if run.status == "complete":
+        vocab = _complete_vocabulary(session, run)
+        return {t: vocab.get(t) or unknown_token(t) for t in wanted}
+    rows = session.execute(
+        select(Token.token_id, Token.raw, Token.text, Token.display).where(
+            Token.run_id == run.id, Token.token_id.in_(sorted(wanted))
+        )
+    ).all()
+    tokens = {row[0]: token_out(*row) for row in rows}
+    for token_id in wanted:
+        if token_id not in tokens:
+            tokens[token_id] = unknown_token(token_id)
+    return tokens
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def run_summary(run: Run) -> RunSummary:
+    metrics = run.metrics or {}
+    return RunSummary(
+        slug=run.slug,
+        kind=run.kind,
+        status=run.status,
+        model_name=run.model_name,
+        variant=run.variant,
+        d_in=run.d_in,
+        n_features=run.n_features,
+        n_tokens_analyzed=run.n_tokens_analyzed,
+        created_at=run.created_at,
+        completed_at=run.completed_at,
+        headline=HeadlineMetrics(
+            l0=_number(metrics.get("l0")),
+            dead_fraction=_number(metrics.get("dead_fraction")),
+            fvu=_number(metrics.get("fvu")),
+            ce_loss_recovered=_number(metrics.get("ce_loss_recovered")),
+        ),
+        url=links.run_url(run.slug),
+        api_url=links.run_url(run.slug, api=True),
+    )
+
+
+def run_ref(run: Run) -> RunRef:
+    return RunRef(
+        slug=run.slug,
+        kind=run.kind,
+        model_name=run.model_name,
+        variant=run.variant,
+        n_features=run.n_features,
+        url=links.run_url(run.slug),
+    )
+
+
+def list_runs(session: Session) -> RunList:
+    """Complete runs (newest first), and the running or failed ones apart."""
+    runs = session.scalars(select(Run).order_by(Run.created_at.desc(), Run.id.desc())).all()
+    return RunList(
+        runs=[run_summary(r) for r in runs if r.status == "complete"],
+        unfinished=[run_summary(r) for r in runs if r.status != "complete"],
+    )
+
+
+def get_run(session: Session, slug: str) -> Run:
+    run = session.scalars(select(Run).where(Run.slug == slug)).one_or_none()
+    if run is None:
+        raise NotFoundError(f"There is no run {slug!r}.")
+    return run
+
+
+def _histogram(data: dict[str, Any] | None) -> Histogram:
+    data = data or {}
+    n_zero = data.get("n_zero")
+    return Histogram(
+        edges=[float(e) for e in data.get("edges", [])],
+        counts=[int(c) for c in data.get("counts", [])],
+        n_zero=int(n_zero) if isinstance(n_zero, int | float) else None,
+    )
+
+
+def run_detail(session: Session, run: Run, features: FeatureList) -> RunDetail:
+    return RunDetail(
+        run=run_summary(run),
+        error=run.error,
+        config=run.config or {},
+        metrics=run.metrics or {},
+        density_histogram=_histogram(run.density_histogram),
+        training_log=run.training_log or {},
+        corpus_manifest=run.corpus_manifest or {},
+        features=features,
+    )
+
+
+# ----------------------------------------------------------------------------- feature list
+
+
+def list_features(
+    session: Session,
+    run: Run,
+    *,
+    sort: SortKey = "index",
+    order: SortOrder = "asc",
+    page: int = 1,
+    size: int = PAGE_SIZE_DEFAULT,
+    filters: FeatureListFilters | None = None,
+) -> FeatureList:
+    """One page of a run's features, sorted through the whitelist and filtered."""
+    filters = filters or FeatureListFilters()
+    size = max(1, min(size, PAGE_SIZE_MAX))
+    page = max(1, page)
+    column = SORT_COLUMNS[sort]  # KeyError only if a caller bypasses the validated SortKey
+    conditions: list[ColumnElement[bool]] = [Feature.run_id == run.id]
+    if filters.q:
+        conditions.append(Feature.label.contains(filters.q, autoescape=True))
+    if filters.density_min is not None:
+        conditions.append(Feature.density >= filters.density_min)
+    if filters.density_max is not None:
+        conditions.append(Feature.density <= filters.density_max)
+    if filters.token:
+        firing_on_token = (
+            select(TokenFeature.feature_index)
+            .join(Token, and_(Token.run_id == TokenFeature.run_id, Token.token_id == TokenFeature.token_id))
+            .where(TokenFeature.run_id == run.id, Token.text.contains(filters.token, autoescape=True))
+        )
+        conditions.append(Feature.index.in_(firing_on_token))
+    where = and_(*conditions)
+    total = session.execute(select(func.count()).select_from(Feature).where(where)).scalar_one()
+    ordering = [column.desc() if order == "desc" else column.asc()]
+    if sort != "index":
+        ordering.append(Feature.index.asc())
+    rows = session.execute(
+        select(Feature.index, Feature.density, Feature.max_activation, Feature.label, Feature.label_source)
+        .where(where)
+        .order_by(*ordering)
+        .limit(size)
+        .offset((page - 1) * size)
+    ).all()
+    return FeatureList(
+        items=[
+            FeatureRow(
+                index=index,
+                density=density,
+                max_activation=max_activation,
+                label=label,
+                label_source=label_source,
+                url=links.feature_url(run.slug, index),
+            )
+            for index, density, max_activation, label, label_source in rows
+        ],
+        total=total,
+        page=page,
+        size=size,
+        n_pages=max(1, math.ceil(total / size)),
+        sort=sort,
+        order=order,
+        filters=filters,
+    )
+
+
+# ----------------------------------------------------------------------------- one feature
+
+
+def _ids(entries: Sequence[Any], key: str = "token_id") -> list[int]:
+    return [int(e[key]) for e in entries if isinstance(e, dict) and key in e]
+
+
+def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
+    """Everything a feature page shows, in a fixed number of queries (no per-example queries)."""
+    feature = session.get(Feature, (run.id, index))
+    if feature is None:
+        unit = "neuron" if run.kind == "neurons" else "feature"
+        raise NotFoundError(f"Run {run.slug!r} has no {unit} {index} (it has {run.n_features}).")
+    example_rows = session.execute(
+        select(
+            Example.id,
+            Example.kind,
+            Example.band,
+            Example.rank,
+            Example.max_activation,
+            Example.focus_position,
+            Example.token_ids,
+            Example.activations,
+        )
+        .where(Example.run_id == run.id, Example.feature_index == index)
+        .order_by(Example.kind, Example.band.desc(), Example.rank)
+    ).all()
+    windows = [
+        (row, unpack_token_ids(row.token_ids).tolist(), unpack_activations(row.activations).tolist())
+        for row in example_rows
+    ]
+
+    top_tokens, logit_positive, logit_negative = (
+        feature.top_tokens,
+        feature.logit_positive,
+        feature.logit_negative,
+    )
+    wanted = _ids(top_tokens) + _ids(logit_positive) + _ids(logit_negative)
+    for _row, token_ids, _acts in windows:
+        wanted.extend(token_ids)
+    tokens = load_tokens(session, run, wanted)
+
+    neighbours_raw = [n for n in feature.neighbours if isinstance(n, dict) and "index" in n]
+    neighbour_labels = feature_labels(session, run.id, [int(n["index"]) for n in neighbours_raw])
+    previous_index, next_index = session.execute(
+        select(
+            select(func.max(Feature.index))
+            .where(Feature.run_id == run.id, Feature.index < index)
+            .scalar_subquery(),
+            select(func.min(Feature.index))
+            .where(Feature.run_id == run.id, Feature.index > index)
+            .scalar_subquery(),
+        )
+    ).one()
+
+    top_examples: list[ExampleOut] = []
+    bands: dict[int, list[ExampleOut]] = {}
+    for row, token_ids, activations in windows:
+        example = ExampleOut(
+            id=row.id,
+            kind=row.kind,
+            band=row.band,
+            rank=row.rank,
+            max_activation=row.max_activation,
+            focus_position=row.focus_position,
+            token_ids=token_ids,
+            tokens=[tokens[t].display for t in token_ids],
+            activations=activations,
+            url=links.feature_url(run.slug, index, example=row.id),
+        )
+        if row.kind == "top":
+            top_examples.append(example)
+        else:
+            bands.setdefault(row.band if row.band is not None else -1, []).append(example)
+
+    edges = [float(e) for e in feature.band_edges]
+
+    def edge(i: int) -> float | None:
+        return edges[i] if 0 <= i < len(edges) else None
+
+    return FeatureDetail(
+        run=run_ref(run),
+        index=index,
+        unit="Neuron" if run.kind == "neurons" else "Feature",
+        label=feature.label,
+        label_source=feature.label_source,
+        density=feature.density,
+        max_activation=feature.max_activation,
+        mean_activation=feature.mean_activation,
+        activation_histogram=_histogram(feature.activation_histogram),
+        band_edges=edges,
+        top_tokens=[
+            TopToken(
+                token=tokens[int(t["token_id"])],
+                count=int(t.get("count", 0)),
+                mean_activation=float(t.get("mean_activation", 0.0)),
+            )
+            for t in top_tokens
+            if isinstance(t, dict) and "token_id" in t
+        ],
+        logit_positive=[
+            LogitEntry(token=tokens[int(t["token_id"])], value=float(t.get("value", 0.0)))
+            for t in logit_positive
+            if isinstance(t, dict) and "token_id" in t
+        ],
+        logit_negative=[
+            LogitEntry(token=tokens[int(t["token_id"])], value=float(t.get("value", 0.0)))
+            for t in logit_negative
+            if isinstance(t, dict) and "token_id" in t
+        ],
+        logit_histogram=_histogram(feature.logit_histogram),
+        neighbours=[
+            Neighbour(
+                index=int(n["index"]),
+                cosine=float(n.get("cosine", 0.0)),
+                label=neighbour_labels.get(int(n["index"]), ""),
+                url=links.feature_url(run.slug, int(n["index"])),
+            )
+            for n in neighbours_raw
+        ],
+        top_examples=top_examples,
+        interval_bands=[
+            IntervalBand(band=band, low=edge(band), high=edge(band + 1), examples=examples)
+            for band, examples in sorted(bands.items(), reverse=True)
+        ],
+        previous_index=previous_index,
+        next_index=next_index,
+        url=links.feature_url(run.slug, index),
+    )
+
+
+def feature_labels(session: Session, run_id: int, indices: Iterable[int]) -> dict[int, str]:
+    wanted = sorted(set(indices))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(Feature.index, Feature.label).where(Feature.run_id == run_id, Feature.index.in_(wanted))
+    ).all()
+    return {index: label for index, label in rows}
+
+
+def feature_max_activation(session: Session, run_id: int, index: int) -> float | None:
+    return session.execute(
+        select(Feature.max_activation).where(Feature.run_id == run_id, Feature.index == index)
+    ).scalar_one_or_none()
+
+
+# ----------------------------------------------------------------------------- search
+
+
+def search(
+    session: Session,
+    token: str | None,
+    mode: SearchMode = "exact",
+    run_slug: str | None = None,
+    limit: int = SEARCH_HITS_DEFAULT,
+) -> SearchResult:
+    """Features and neurons of complete runs that fire most on the tokens matching `token`."""
+    if run_slug is not None:
+        run = get_run(session, run_slug)
+        if run.status != "complete":
+            raise NotFoundError(f"Run {run_slug!r} is not complete yet ({run.status}).")
+    if not token:
+        return SearchResult(token=token, mode=mode, run=run_slug, matches=[], hits=[], truncated=False)
+
+    # Prefix search as a range on the indexed text column (LIKE would not use the index).
+    text_match = (
+        Token.text == token
+        if mode == "exact"
+        else and_(Token.text >= token, Token.text < token + "\U0010ffff")
+    )
+    run_match = Run.slug == run_slug if run_slug is not None else Run.status == "complete"
+    token_rows = session.execute(
+        select(Run.id, Run.slug, Token.token_id, Token.raw, Token.text, Token.display)
+        .join(Run, Run.id == Token.run_id)
+        .where(text_match, run_match)
+        .order_by(Token.text, Run.slug)
+        .limit(SEARCH_TOKENS_MAX)
+    ).all()
+    matches = [
+        TokenMatch(run=slug, token=token_out(tid, raw, text, display))
+        for _rid, slug, tid, raw, text, display in token_rows
+    ]
+    if not token_rows:
+        return SearchResult(token=token, mode=mode, run=run_slug, matches=[], hits=[], truncated=False)
+
+    by_key = {(row[0], row[2]): (row[1], m.token) for row, m in zip(token_rows, matches, strict=True)}
+    ids_by_run: dict[int, list[int]] = {}
+    for run_id, token_id in by_key:
+        ids_by_run.setdefault(run_id, []).append(token_id)
+    # One (run_id, token_id IN ...) term per run: each is a primary-key range, where a row-value
+    # IN over both columns would scan the whole table.
+    key_match = or_(
+        *(
+            and_(TokenFeature.run_id == run_id, TokenFeature.token_id.in_(ids))
+            for run_id, ids in ids_by_run.items()
+        )
+    )
+    hit_rows = session.execute(
+        select(
+            TokenFeature.run_id,
+            TokenFeature.token_id,
+            TokenFeature.feature_index,
+            TokenFeature.mean_activation,
+            TokenFeature.count,
+            Feature.label,
+            Feature.density,
+            Run.kind,
+        )
+        .join(Run, Run.id == TokenFeature.run_id)
+        .outerjoin(
+            Feature, and_(Feature.run_id == TokenFeature.run_id, Feature.index == TokenFeature.feature_index)
+        )
+        .where(key_match)
+        .order_by(TokenFeature.mean_activation.desc(), TokenFeature.run_id, TokenFeature.feature_index)
+        .limit(limit + 1)
+    ).all()
+    hits = []
+    for run_id, token_id, feature_index, mean_activation, count, label, density, kind in hit_rows[:limit]:
+        slug, token_model = by_key[(run_id, token_id)]
+        hits.append(
+            SearchHit(
+                run=slug,
+                kind=kind,
+                token=token_model,
+                feature_index=feature_index,
+                label=label or "",
+                density=density,
+                mean_activation=mean_activation,
+                count=count,
+                url=links.feature_url(slug, feature_index),
+            )
+        )
+    return SearchResult(
+        token=token,
+        mode=mode,
+        run=run_slug,
+        matches=matches,
+        hits=hits,
+        truncated=len(hit_rows) > limit or len(token_rows) >= SEARCH_TOKENS_MAX,
+    )
+
+
+def complete_run_slugs(session: Session) -> list[str]:
+    return list(session.scalars(select(Run.slug).where(Run.status == "complete").order_by(Run.slug)))

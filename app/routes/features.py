@@ -1,0 +1,40 @@
+"""The feature (or neuron) page: the page people share."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from starlette.responses import Response
+
+from app import charts, queries
+from app.deps import SessionDep
+from app.models import FeatureDetail
+from app.routes.runs import RunSlug
+from app.templating import render
+
+router = APIRouter(tags=["features"])
+
+FeatureIndex = Annotated[int, Path(ge=0, le=100_000_000, description="The feature's (or neuron's) index.")]
+
+
+def _feature(session: SessionDep, run: str, index: int) -> FeatureDetail:
+    return queries.get_feature(session, queries.get_run(session, run), index)
+
+
+@router.get("/api/runs/{run}/features/{index}", response_model=FeatureDetail)
+async def read_feature(session: SessionDep, run: RunSlug, index: FeatureIndex) -> FeatureDetail:
+    """One feature: label, density, histograms, logit effects, top and interval examples."""
+    return _feature(session, run, index)
+
+
+@router.get("/runs/{run}/features/{index}", include_in_schema=False)
+async def show_feature(request: Request, session: SessionDep, run: RunSlug, index: FeatureIndex) -> Response:
+    data = _feature(session, run, index)
+    context = {
+        "data": data,
+        "activation_chart": charts.activation_histogram(data.activation_histogram, data.band_edges),
+        "logit_chart": charts.logit_histogram(data.logit_histogram),
+        "band_colours": charts.BAND_COLOURS,
+    }
+    return render(request, "feature.html", context)

@@ -1,0 +1,91 @@
+"""The front page (all runs) and one run's page: config, metrics, charts, feature list."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field, field_validator
+from starlette.responses import Response
+
+from app import charts, queries
+from app.deps import SessionDep
+from app.models import FeatureListFilters, RunDetail, RunList, SortKey, SortOrder, blank_is_none
+from app.templating import render
+
+router = APIRouter(tags=["runs"])
+
+RunSlug = Annotated[str, Path(max_length=200, description="The run's slug.")]
+
+
+class FeatureListQuery(BaseModel):
+    """View state of a run's feature list: all of it lives in the query string."""
+
+    sort: SortKey = "index"
+    order: SortOrder = "asc"
+    page: int = Field(1, ge=1, le=1_000_000)
+    size: int = Field(queries.PAGE_SIZE_DEFAULT, ge=1, le=queries.PAGE_SIZE_MAX)
+    q: str | None = Field(None, max_length=200, description="Substring of the label.")
+    token: str | None = Field(None, max_length=100, description="Substring of a token the feature fires on.")
+    density_min: float | None = Field(None, ge=0, le=1)
+    density_max: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("density_min", "density_max", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return blank_is_none(value)
+
+    def filters(self) -> FeatureListFilters:
+        return FeatureListFilters(
+            q=self.q or None,
+            token=self.token or None,
+            density_min=self.density_min,
+            density_max=self.density_max,
+        )
+
+
+def _run_detail(session: SessionDep, run: str, view: FeatureListQuery) -> RunDetail:
+    record = queries.get_run(session, run)
+    features = queries.list_features(
+        session,
+        record,
+        sort=view.sort,
+        order=view.order,
+        page=view.page,
+        size=view.size,
+        filters=view.filters(),
+    )
+    return queries.run_detail(session, record, features)
+
+
+@router.get("/api/runs", response_model=RunList)
+async def list_runs(session: SessionDep) -> RunList:
+    """All runs: complete ones (browsable), and running or failed ones apart."""
+    return queries.list_runs(session)
+
+
+@router.get("/", include_in_schema=False)
+async def show_runs(request: Request, session: SessionDep) -> Response:
+    return render(request, "runs.html", {"data": queries.list_runs(session)})
+
+
+@router.get("/api/runs/{run}", response_model=RunDetail)
+async def read_run(
+    session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
+) -> RunDetail:
+    """A run's config, metrics, density histogram, training log and one page of its features."""
+    return _run_detail(session, run, view)
+
+
+@router.get("/runs/{run}", include_in_schema=False)
+async def show_run(
+    request: Request, session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
+) -> Response:
+    data = _run_detail(session, run, view)
+    context = {
+        "data": data,
+        "view": view,
+        "density_chart": charts.density_histogram(data.density_histogram),
+        "training_charts": charts.training_curves(data.training_log),
+    }
+    return render(request, "run.html", context)

@@ -1,0 +1,16 @@
+// Draw every chart of the page: each .plot[data-chart] names a JSON data block holding a Plotly
+// figure spec ({data, layout}) written by the server. Nothing here is page-specific.
+(function () {
+  "use strict";
+  function draw() {
+    if (typeof Plotly === "undefined") return;
+    for (const el of document.querySelectorAll(".plot[data-chart]")) {
+      const source = document.getElementById(el.dataset.chart);
+      if (!source) continue;
+      const spec = JSON.parse(source.textContent);
+      Plotly.newPlot(el, spec.data, spec.layout, { displayModeBar: false, responsive: true });
+    }
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", draw);
+  else draw();
+})();

@@ -1,0 +1,57 @@
+"""Fixtures for the app tests: the databases of appdb.py, in-process clients, real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from appdb import FixtureDB, build_fixture_db, build_hostile_db, start_server
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def fixture_db(tmp_path_factory: pytest.TempPathFactory) -> FixtureDB:
+    return build_fixture_db(tmp_path_factory.mktemp("app-db"))
+
+
+@pytest.fixture(scope="session")
+def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> FixtureDB:
+    return build_hostile_db(tmp_path_factory.mktemp("hostile-db"))
+
+
+@pytest.fixture(scope="session")
+def client(fixture_db: FixtureDB) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(database_url=fixture_db.url))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def hostile_client(hostile_db: FixtureDB) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(database_url=hostile_db.url))) as test_client:
+        yield test_client
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    db: FixtureDB
+
+
+@pytest.fixture(scope="session")
+def server(fixture_db: FixtureDB) -> Iterator[Server]:
+    proc, base = start_server(fixture_db)
+    yield Server(base_url=base, db=fixture_db)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def hostile_server(hostile_db: FixtureDB) -> Iterator[Server]:
+    proc, base = start_server(hostile_db)
+    yield Server(base_url=base, db=hostile_db)
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,0 +1,164 @@
+"""The pages in a real browser (Debian's Chromium through Playwright) against a real uvicorn.
+
+These fail, never skip, when the browser cannot start: install it with `apt-get install chromium`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from appdb import HOSTILE_RUN, NEURON_RUN, SAE_RUN
+from conftest import Server
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        try:
+            launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except Exception as exc:  # noqa: BLE001 - any launch failure must fail the browser tests
+            pytest.fail(
+                f"cannot launch Chromium at {CHROMIUM} ({exc}); install it: apt-get install -y chromium"
+            )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.dialogs = []  # type: ignore[attr-defined]
+    page.script_errors = []  # type: ignore[attr-defined]
+
+    def on_dialog(dialog: Dialog) -> None:
+        page.dialogs.append(dialog.message)  # type: ignore[attr-defined]
+        dialog.dismiss()
+
+    def on_console(message: ConsoleMessage) -> None:
+        # Plotly tries to inject its own <style>; style-src 'self' refuses it (app.css has the rules).
+        if message.type == "error" and "inline style" not in message.text:
+            page.script_errors.append(message.text)  # type: ignore[attr-defined]
+
+    page.on("dialog", on_dialog)
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: page.script_errors.append(str(error)))  # type: ignore[attr-defined]
+    yield page
+    context.close()
+
+
+def test_feature_page_renders_charts_tokens_and_tooltips(server: Server, page: Page) -> None:
+    page.goto(f"{server.base_url}/runs/{SAE_RUN}/features/5")
+    expect(page.locator("h1")).to_have_text("Feature 5")
+    expect(page.locator("[data-chart=chart-activations].js-plotly-plot svg.main-svg").first).to_be_visible()
+    expect(
+        page.locator("[data-chart=chart-logits] .js-plotly-plot, [data-chart=chart-logits].js-plotly-plot")
+    ).to_have_count(1)
+    assert page.locator("[data-chart=chart-activations] .bars path").count() > 0  # the bars are drawn
+
+    strongest = page.locator(".example .t.act-10").first
+    expect(strongest).to_be_visible()
+    background = strongest.evaluate("el => getComputedStyle(el).backgroundColor")
+    assert background not in ("rgba(0, 0, 0, 0)", "transparent")  # the shading class applies
+
+    tooltip = page.locator("#tooltip")
+    expect(tooltip).to_be_hidden()
+    strongest.hover()
+    expect(tooltip).to_be_visible()
+    expect(tooltip).to_contain_text(f"activation {strongest.get_attribute('data-act')}")
+    page.keyboard.press("Escape")
+    expect(tooltip).to_be_hidden()
+    strongest.focus()  # keyboards reach it too
+    expect(tooltip).to_be_visible()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    strongest.evaluate("el => el.blur()")
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(ARTIFACTS / "feature_page.png"), full_page=True)
+    assert page.script_errors == [] and page.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_run_page_draws_density_histogram_and_sorts(server: Server, page: Page) -> None:
+    page.goto(f"{server.base_url}/runs/{SAE_RUN}")
+    expect(page.locator("[data-chart=chart-density] svg.main-svg").first).to_be_visible()
+    page.get_by_role("link", name=re.compile("^density")).click()
+    expect(page).to_have_url(re.compile(r"sort=density&order=asc"))
+    page.get_by_role("link", name="next →").click()
+    expect(page).to_have_url(re.compile(r"page=2"))
+    assert page.script_errors == []  # type: ignore[attr-defined]
+
+
+def test_search_and_follow_a_result(server: Server, page: Page) -> None:
+    page.goto(server.base_url)
+    page.locator("#site-search").fill(" the")
+    page.locator("#site-search").press("Enter")
+    expect(page.locator("h1")).to_have_text("Which features fire on a token?")
+    expect(page.locator(".token-matches")).to_contain_text("·the")
+    expect(page.locator(".token-matches")).to_contain_text("' the'")
+    first = page.locator("table.hits tbody tr td.num a").first
+    index = first.inner_text()
+    first.click()
+    expect(page.locator("h1")).to_have_text(re.compile(rf"^(Feature|Neuron) {index}$"))
+
+
+def test_shared_example_link_is_the_target(server: Server, page: Page) -> None:
+    page.goto(f"{server.base_url}/runs/{SAE_RUN}/features/20")
+    last = page.locator(".example").last
+    example_id = last.get_attribute("id")
+    assert example_id and example_id.startswith("example-")
+    page.goto(f"{server.base_url}/runs/{SAE_RUN}/features/20#{example_id}")
+    assert page.evaluate("document.querySelector(':target').id") == example_id
+    target = page.locator(f"#{example_id}")
+    expect(target).to_be_in_viewport()
+    outline = target.evaluate("el => getComputedStyle(el).outlineStyle")
+    assert outline == "solid"  # the :target highlight applies
+
+
+def test_inference_box(server: Server, page: Page) -> None:
+    page.goto(f"{server.base_url}/runs/{NEURON_RUN}/inference")
+    page.locator("textarea[name=text]").fill("the cat sat on the mat")
+    page.get_by_role("button", name="Run").click()
+    expect(page).to_have_url(re.compile(r"text=the\+cat"))
+    expect(page.locator("table.per-token tbody tr").first).to_be_visible()
+    assert page.locator("table.per-token tbody tr").count() > 3
+    expect(page.locator(".inference-strip .t").first).to_be_visible()
+    page.locator("table.per-token tbody tr td a").first.click()
+    expect(page.locator("h1")).to_have_text(re.compile(r"^Neuron \d+$"))
+
+
+def test_hostile_text_stays_text(hostile_server: Server, page: Page) -> None:
+    for path in (
+        "/",
+        f"/runs/{HOSTILE_RUN}",
+        f"/runs/{HOSTILE_RUN}/features/0",
+        f"/runs/{HOSTILE_RUN}/features/1",
+        "/search?token=%3Cscript%3Ealert(1)%3C/script%3E",
+    ):
+        page.goto(hostile_server.base_url + path)
+        page.wait_for_load_state("load")
+        for selector in ("header.site", "main", "footer.site", "h1"):
+            expect(page.locator(selector)).to_have_count(1)
+        assert page.locator("img").count() == 0, path  # no injected <img onerror>
+        assert page.locator("main script:not([type='application/json'])").count() == 0, path
+    page.goto(f"{hostile_server.base_url}/runs/{HOSTILE_RUN}/features/0")
+    expect(page.locator("h1")).to_have_text("Feature 0")
+    expect(page.locator("p.label bdi")).to_have_text("<script>alert(1)</script>")
+    page.locator(".example .t[data-act]").first.hover()
+    assert page.dialogs == []  # type: ignore[attr-defined]
