@@ -147,7 +147,6 @@ def _serve(db_url: str | None, host: str, port: int) -> None:
 
     from app.main import create_app
     from app.settings import Settings
-
     from trainer.schema import check_schema_version, make_engine
 
     settings = Settings(database_url=db_url) if db_url else Settings()
