@@ -16,11 +16,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 from starlette.types import Scope
 
+from app.cache import ResponseCacheMiddleware, code_version
 from app.errors import install_error_handlers
 from app.routes import features, health, inference, runs, search
 from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
-from app.templating import STATIC_DIR, build_templates
+from app.templating import STATIC_DIR, TEMPLATES_DIR, build_templates
 from trainer.schema import DatabaseError, check_schema_version, make_engine, read_schema_version
 
 PLOTLY_DIR = Path(plotly.__file__).resolve().parent / "package_data"
@@ -82,5 +83,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/static", CachedStaticFiles(directory=STATIC_DIR, max_age=settings.static_max_age), name="static"
     )
     install_error_handlers(app)
+    # Added first, so it runs inside the security headers (they are added to cached pages too).
+    app.add_middleware(
+        ResponseCacheMiddleware,
+        max_bytes=settings.response_cache_mb * 2**20,
+        version=code_version(Path(__file__).resolve().parent, TEMPLATES_DIR),
+    )
     app.add_middleware(SecurityHeadersMiddleware)
     return app

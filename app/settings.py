@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -17,3 +19,7 @@ class Settings(BaseSettings):
     )
     # Seconds browsers may cache /static files (plotly.min.js is 4 MB).
     static_max_age: int = 3600
+    # Memory per worker process for rendered pages of complete runs (gzipped; 0 turns it off).
+    response_cache_mb: int = Field(default=64, ge=0)
+    # `monosemantic serve` worker processes: each holds its own connections and page cache.
+    workers: int = Field(default_factory=lambda: min(2, os.cpu_count() or 1), ge=1)

@@ -1,4 +1,6 @@
-"""Fixtures for the app tests: the databases of appdb.py, in-process clients, real servers."""
+"""Fixtures for the app tests: a real tiny run's database, the synthetic databases of appdb.py
+(for edge cases a real run does not produce: XSS payloads, unfinished runs), in-process clients,
+real servers."""
 
 from __future__ import annotations
 
@@ -11,6 +13,24 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def real_run_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The database of the whole tiny chain (corpus → LM → SAE → analysis), run once (~30 s)."""
+    from trainer.cli import main
+
+    out_dir = tmp_path_factory.mktemp("real-run")
+    url = f"sqlite:///{out_dir / 'monosemantic.db'}"
+    argv = ["demo", "--preset", "tiny", "--no-serve", "--out-dir", str(out_dir), "--db", url]
+    assert main(argv) == 0, "the tiny demo run failed (see its output above)"
+    return url
+
+
+@pytest.fixture(scope="session")
+def real_client(real_run_db: str) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(database_url=real_run_db))) as test_client:
+        yield test_client
 
 
 @pytest.fixture(scope="session")

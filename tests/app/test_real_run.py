@@ -1,0 +1,83 @@
+"""The app on the database of a real tiny run: every page of every run, search and inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from markupsafe import escape
+
+from app.queries import visible
+
+
+@pytest.fixture(scope="module")
+def runs(real_client: TestClient) -> dict[str, dict[str, Any]]:
+    """The run summaries by kind ('sae' and 'neurons')."""
+    body = real_client.get("/api/runs").json()
+    assert body["unfinished"] == []
+    by_kind = {run["kind"]: run for run in body["runs"]}
+    assert set(by_kind) == {"sae", "neurons"}
+    return by_kind
+
+
+def test_front_page_links_both_runs(real_client: TestClient, runs: dict[str, dict[str, Any]]) -> None:
+    response = real_client.get("/")
+    assert response.status_code == 200
+    for run in runs.values():
+        assert f'href="{run["url"]}"' in response.text
+
+
+@pytest.mark.parametrize("kind", ["sae", "neurons"])
+def test_run_page_and_its_twin(real_client: TestClient, runs: dict[str, dict[str, Any]], kind: str) -> None:
+    run = runs[kind]
+    page, twin = real_client.get(run["url"]), real_client.get(run["api_url"])
+    assert page.status_code == twin.status_code == 200
+    detail = twin.json()
+    assert detail["features"]["total"] == run["n_features"] and detail["config"]
+    for item in detail["features"]["items"]:
+        assert f'href="{item["url"]}"' in page.text
+
+
+@pytest.mark.parametrize("kind", ["sae", "neurons"])
+def test_every_feature_page(real_client: TestClient, runs: dict[str, dict[str, Any]], kind: str) -> None:
+    """HTML and JSON of every feature: 200, the label shown escaped, one token span per token."""
+    run = runs[kind]
+    for index in range(run["n_features"]):
+        page = real_client.get(f"{run['url']}/features/{index}")
+        twin = real_client.get(f"{run['api_url']}/features/{index}")
+        assert page.status_code == twin.status_code == 200, index
+        feature = twin.json()
+        assert feature["index"] == index and feature["unit"] == ("Neuron" if kind == "neurons" else "Feature")
+        if feature["label"]:
+            assert str(escape(visible(feature["label"]))) in page.text, index
+        examples = feature["top_examples"] + [
+            ex for band in feature["interval_bands"] for ex in band["examples"]
+        ]
+        for example in examples:
+            assert len(example["tokens"]) == len(example["token_ids"]) == len(example["activations"])
+        assert page.text.count('<span class="t act-') == sum(len(ex["tokens"]) for ex in examples), index
+
+
+def test_search_a_token_of_the_vocabulary(real_client: TestClient, runs: dict[str, dict[str, Any]]) -> None:
+    result = real_client.get("/api/search", params={"token": " the"}).json()
+    assert {m["token"]["text"] for m in result["matches"]} == {" the"}
+    assert result["hits"], "no feature fires on ' the' in the tiny run"
+    n_features = {run["slug"]: run["n_features"] for run in runs.values()}
+    page = real_client.get("/search", params={"token": " the"})
+    assert page.status_code == 200
+    for hit in result["hits"][:20]:
+        assert 0 <= hit["feature_index"] < n_features[hit["run"]]
+        assert f'href="{hit["url"]}"' in page.text
+        assert real_client.get(hit["url"]).status_code == 200
+
+
+def test_inference_with_the_real_sae(real_client: TestClient, runs: dict[str, dict[str, Any]]) -> None:
+    run = runs["sae"]
+    text = "the cat sat on the mat"
+    result = real_client.get(f"{run['api_url']}/inference", params={"text": text}).json()
+    assert result["available"] and result["tokens"], result["message"]
+    assert "".join(t["token"]["text"] for t in result["tokens"]) == text
+    assert result["feature"] is not None and 0 <= result["feature"] < run["n_features"]
+    page = real_client.get(f"{run['url']}/inference", params={"text": text})
+    assert page.status_code == 200 and f">{text}</textarea>" in page.text
