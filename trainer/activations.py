@@ -58,7 +58,7 @@ def harvest_shard(
     rng = np.random.default_rng([cfg.seed, shard_index])
     n_contexts = -(-n_rows // n_ctx)
     context_starts = rng.integers(0, len(tokens) - n_ctx, size=n_contexts)
-    acts = np.empty((n_contexts * n_ctx, model.cfg.d_mlp), dtype=np.float16)
+    acts = torch.empty(n_contexts * n_ctx, model.cfg.d_mlp, dtype=torch.float16)
     offsets = np.empty(n_contexts * n_ctx, dtype=np.int64)
     for first in range(0, n_contexts, cfg.batch_contexts):
         batch_starts = context_starts[first : first + cfg.batch_contexts]
@@ -66,13 +66,13 @@ def harvest_shard(
         with autocast(dtype):
             mlp = model.mlp_activations(torch.from_numpy(windows))
         rows = slice(first * n_ctx, (first + len(batch_starts)) * n_ctx)
-        acts[rows] = mlp.float().reshape(-1, model.cfg.d_mlp).numpy()
+        acts[rows] = mlp.reshape(-1, model.cfg.d_mlp)  # to fp16 in torch: NumPy's cast is 10x slower
         offsets[rows] = (batch_starts[:, None] + np.arange(n_ctx)[None, :]).reshape(-1)
     order = rng.permutation(len(acts))[:n_rows]
     offsets = offsets[order]
     documents = np.searchsorted(starts_of_docs, offsets, side="right") - 1
     doc_pos = np.stack([documents, offsets - starts_of_docs[documents]], axis=1)
-    return acts[order], doc_pos
+    return acts.index_select(0, torch.from_numpy(order)).numpy(), doc_pos
 
 
 def harvest(

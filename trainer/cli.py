@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="database URL (default: $DATABASE_URL, else runs/demo/monosemantic.db)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers", type=int, help="server processes (default: $MONOSEMANTIC_WORKERS, else min(2, CPUs))"
+    )
     return parser
 
 
@@ -142,10 +146,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return preset_config(args.preset, **overrides)
 
 
-def _serve(db_url: str | None, host: str, port: int) -> None:
+def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> None:
+    """Serve the app; with several workers (default MONOSEMANTIC_WORKERS, else min(2, CPUs)) each
+    process builds its own app from the environment, so the database URL travels in DATABASE_URL."""
     import uvicorn
 
-    from app.main import create_app
     from app.settings import Settings
     from trainer.schema import check_schema_version, make_engine
 
@@ -156,10 +161,18 @@ def _serve(db_url: str | None, host: str, port: int) -> None:
             f"no database at {url.removeprefix('sqlite:///')}: run `monosemantic demo` "
             "first, or point --db / DATABASE_URL at one"
         )
-    check_schema_version(make_engine(url, read_only=True))  # a clear error now, not a traceback later
-    app = create_app(settings)
-    print(f"serving the feature browser at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    engine = make_engine(url, read_only=True)
+    check_schema_version(engine)  # a clear error now, not a traceback in every worker
+    engine.dispose()
+    workers = workers or settings.workers
+    os.environ["DATABASE_URL"] = url
+    print(
+        f"serving the feature browser at http://{host}:{port}/  ({workers} worker(s); Ctrl-C to stop)",
+        flush=True,
+    )
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
+    )
 
 
 def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file: str | None = None) -> None:
@@ -190,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            _serve(args.db, args.host, args.port)
+            _serve(args.db, args.host, args.port, args.workers)
             return 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train-sae":
+            raise ConfigError(f"only train-sae runs data-parallel under torchrun, not {args.command}")
         cfg = config_from_args(args)
         run_stages(cfg, SUBCOMMANDS[args.command][1], args.resume, getattr(args, "activations_file", None))
         if args.command == "demo":

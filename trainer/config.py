@@ -89,7 +89,7 @@ class LMTrainConfig:
 class HarvestConfig:
     n_tokens: int = 4_000_000
     shard_rows: int = 1_000_000
-    batch_contexts: int = 256
+    batch_contexts: int = 64  # 64 x n_ctx rows a forward: 1.25x faster than 256 (cache-sized)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -88,18 +88,20 @@ def evaluate_sae(
     out_dir: Path | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """All metrics on held-out tokens, in fp32; written to out_dir/eval.json when out_dir is given."""
+    """All metrics on held-out tokens, in fp32, on the SAE's device; written to out_dir/eval.json
+    when out_dir is given."""
     model.eval()
     sae.eval()
+    device = sae.W_dec.device
     windows = context_windows(val_tokens, n_ctx, cfg.n_tokens)
     d_in = sae.cfg.d_in
     n_tokens, active = 0, 0
-    sq_error, x_sum, x_sq_sum = 0.0, torch.zeros(d_in, dtype=torch.float64), 0.0
-    fire_counts = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    sq_error, x_sum, x_sq_sum = 0.0, torch.zeros(d_in, dtype=torch.float64, device=device), 0.0
+    fire_counts = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=device)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     batches = range(0, len(windows), cfg.batch_contexts)
     for start in tqdm(batches, disable=not progress, desc="evaluate sae", unit="batch"):
-        chunk = torch.from_numpy(windows[start : start + cfg.batch_contexts])
+        chunk = torch.from_numpy(windows[start : start + cfg.batch_contexts]).to(device)
         idx, targets = chunk[:, :-1], chunk[:, 1:]
         tokens = idx.numel()
         clean = model(idx, targets, return_mlp_post=True)
@@ -124,7 +126,7 @@ def evaluate_sae(
 
     # Σ‖x − mean‖² = Σ‖x‖² − N‖mean‖², the variance about the per-dimension mean.
     total_variance = x_sq_sum - float((x_sum**2).sum()) / n_tokens
-    feature_density = (fire_counts / n_tokens).numpy()
+    feature_density = (fire_counts / n_tokens).cpu().numpy()
     ce_clean, ce_sae, ce_zero = (ce[k] / n_tokens for k in ("clean", "sae", "zero"))
     edges, counts, n_zero = density_histogram(feature_density, n_tokens)
     result = EvalResult(

@@ -17,6 +17,7 @@ import torch
 from trainer.checkpoint import atomic_write_text
 from trainer.config import RunConfig, save_config
 from trainer.corpus import build_corpus, iter_documents, load_manifest
+from trainer.distributed import init_from_env, is_main_process, rank_device
 from trainer.tokenizer import (
     encode_documents,
     load_token_meta,
@@ -36,13 +37,16 @@ def _record_timing(cfg: RunConfig, stage: str, seconds: float) -> None:
 def timed(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
         def run(cfg: RunConfig, *args: Any, **kwargs: Any) -> Any:
+            main = is_main_process()  # under torchrun, rank 0 alone writes files
             cfg.root.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, cfg.root / "config.json")
+            if main:
+                save_config(cfg, cfg.root / "config.json")
             started = time.perf_counter()
             result = function(cfg, *args, **kwargs)
             elapsed = time.perf_counter() - started
-            _record_timing(cfg, stage, elapsed)
-            print(f"[{stage}] done in {elapsed:.1f}s")
+            if main:
+                _record_timing(cfg, stage, elapsed)
+                print(f"[{stage}] done in {elapsed:.1f}s")
             return result
 
         run.__name__ = function.__name__
@@ -137,14 +141,16 @@ def corpus_manifest(cfg: RunConfig) -> dict[str, Any]:
 
 @timed("train-sae")
 def run_train_sae(cfg: RunConfig, resume: bool = False, activations_file: str | None = None) -> Any:
-    """Train the SAE on the harvested activations (or on a user's activation file)."""
+    """Train the SAE on the harvested activations (or on a user's activation file); data-parallel
+    over the processes when launched by `torchrun --nproc-per-node N`."""
     from trainer.train_sae import train_sae
 
     source = Path(activations_file) if activations_file else cfg.activations_dir
     if not activations_file and not (source / "manifest.json").exists():
         raise FileNotFoundError(f"no harvested activations at {source} (run `monosemantic harvest` first)")
-    result = train_sae(cfg, source, cfg.sae_dir, resume=resume)
-    if result.final is not None:
+    with init_from_env(cfg.device):
+        result = train_sae(cfg, source, cfg.sae_dir, resume=resume, device=rank_device(cfg.device))
+    if result.final is not None and is_main_process():
         print(
             f"train-sae: {cfg.sae.variant} {cfg.sae.d_in}->{cfg.sae.d_sae}, mse {result.final.mse:.4g}, "
             f"L0 {result.final.l0:.1f}, dead {result.final.dead}, saved to {cfg.sae_dir}"
@@ -159,8 +165,8 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
     from trainer.model import OneLayerTransformer
     from trainer.sae import SparseAutoencoder
 
-    model = OneLayerTransformer.load(cfg.lm_dir)
-    sae = SparseAutoencoder.load(cfg.sae_dir)
+    model = OneLayerTransformer.load(cfg.lm_dir).to(cfg.device)
+    sae = SparseAutoencoder.load(cfg.sae_dir).to(cfg.device)
     _check_sae_fits(model, sae)
     result = evaluate_sae(
         model, sae, load_token_split(cfg.tokens_dir, "val"), cfg.eval, model.cfg.n_ctx, out_dir=cfg.sae_dir

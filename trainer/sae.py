@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from trainer.checkpoint import atomic_save_safetensors, atomic_write_text
 from trainer.config import ConfigError, SAEConfig
+from trainer.distributed import all_gather_rows
 
 HOOK_NAME = "blocks.0.mlp.hook_post"  # trainer.model.HOOK_MLP_POST; kept here so loading needs no model
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -99,18 +100,19 @@ def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def batch_topk_threshold(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """The value of the (k·N)-th largest pre-activation of the batch (a 0-dim tensor).
+    """The value of the (k·N)-th largest pre-activation of the batch (a 0-dim fp32 tensor); under
+    data parallelism, of the global batch (every rank's rows).
 
     A full top-(k·N) over N·d_sae numbers is slow on a CPU, so take each row's top m = 4k first:
     the answer is exact unless some row put all m of its candidates above it, which we check.
     """
     n_rows, d_sae = pre.shape
-    n_keep = min(k * n_rows, pre.numel())
     m = min(d_sae, 4 * k)
-    row_top = torch.topk(pre, m, dim=-1, sorted=True).values  # [N, m], descending
+    row_top = all_gather_rows(torch.topk(pre, m, dim=-1, sorted=True).values.float())  # [N, m]
+    n_keep = min(k * len(row_top), len(row_top) * d_sae)
     threshold = torch.topk(row_top.flatten(), n_keep, sorted=False).values.min()
-    if m < d_sae and bool((row_top[:, -1] >= threshold).any()):
-        threshold = torch.topk(pre.flatten(), n_keep, sorted=False).values.min()
+    if m < d_sae and bool((row_top[:, -1] >= threshold).any()):  # the same on every rank
+        threshold = torch.topk(all_gather_rows(pre.float()).flatten(), n_keep, sorted=False).values.min()
     return threshold
 
 

@@ -345,7 +345,8 @@ def test_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path: Path, data_fil
     assert done.final is None and done.n_steps == 10
 
 
-def test_fused_paper_loss_matches_autograd() -> None:
+@pytest.mark.parametrize("sparse_below", [0.0, 1.0])  # the dense and the sparse backward
+def test_fused_paper_loss_matches_autograd(sparse_below: float) -> None:
     from trainer.sae import SparseAutoencoder
     from trainer.train_sae import PaperLossFunction
 
@@ -355,7 +356,9 @@ def test_fused_paper_loss_matches_autograd() -> None:
         for p in sae.parameters():
             p.add_(0.1 * torch.randn_like(p))
     x = torch.randn(64, 16).relu()
-    loss, _, _, _ = PaperLossFunction.apply(x, sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, 0.3, torch.float32)
+    loss, _, _, _ = PaperLossFunction.apply(
+        x, sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, 0.3, torch.float32, sparse_below
+    )
     (2 * loss).backward()
     fused = {name: p.grad.clone() for name, p in sae.named_parameters()}
     sae.zero_grad()
@@ -365,3 +368,53 @@ def test_fused_paper_loss_matches_autograd() -> None:
     assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-6)
     for name, p in sae.named_parameters():
         assert torch.allclose(p.grad, fused[name], rtol=1e-5, atol=1e-5), name
+
+
+@pytest.mark.parametrize("n_dead", [0, 40])
+def test_sparse_topk_loss_matches_autograd(n_dead: int) -> None:
+    """The hand-written sparse backward of TopK (+ AuxK when latents are dead) against autograd
+    through the dense reference path, in fp32."""
+    from trainer.train_sae import TopKLossFunction, variant_loss
+
+    cfg = sae_cfg(d_in=16, d_sae=48, variant="topk", k=4, aux_k=8, aux_coefficient=0.5, dtype="fp32")
+    state = init_train_state(cfg, open_activation_source_from(np.random.default_rng(0).random((256, 16))))
+    sae = state.sae
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    state.steps_since_fired[:n_dead] = 10_000  # the first n_dead latents count as dead
+    x = torch.randn(64, 16).relu()
+    dead_idx = state.dead_mask.nonzero().squeeze(1)
+    loss, mse, auxk, indices, values = TopKLossFunction.apply(
+        x, sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, 4, dead_idx, 8, 0.5, torch.float32
+    )
+    (2 * loss).backward()
+    fast = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    ref_loss, ref_mse, ref_auxk, f = variant_loss(state, x, step=1)
+    (2 * ref_loss).backward()
+    assert (float(auxk) > 0) == (n_dead > 0)
+    for ours, ref in ((loss, ref_loss), (mse, ref_mse), (auxk, ref_auxk)):
+        assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-5, abs=1e-7)
+    dense = torch.zeros_like(f).scatter_(1, indices, values)
+    assert torch.allclose(dense, f.detach(), atol=1e-6)
+    for name, p in sae.named_parameters():
+        assert torch.allclose(p.grad, fast[name], rtol=1e-4, atol=1e-5), name
+
+
+def open_activation_source_from(rows: np.ndarray, batch_size: int = 64):
+    from trainer.train_sae import ActivationSource
+
+    rows = rows.astype(np.float32)
+    return ActivationSource([lambda: rows], [len(rows)], rows.shape[1], batch_size, 0, False, "test")
+
+
+def test_data_parallel_slices_tile_each_global_batch(tmp_path: Path) -> None:
+    write_harvest(tmp_path / "acts", [30, 45, 25])
+    full = open_activation_source(tmp_path / "acts", 8, 20, seed=5)
+    halves = [open_activation_source(tmp_path / "acts", 8, 20, seed=5) for _ in range(2)]
+    halves[0].local_rows, halves[1].local_rows = slice(0, 10), slice(10, 20)
+    for _ in range(7):  # across shard boundaries and into the next epoch
+        assert torch.equal(next(full), torch.cat([next(h) for h in halves]))
+    assert halves[0].state_dict() == full.state_dict()  # positions are global: checkpoints agree
+    assert torch.equal(halves[1].take_rows(30), full.take_rows(30))  # resampling reads all rows
