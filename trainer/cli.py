@@ -132,8 +132,10 @@ def _parse_value(text: str) -> Any:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides: dict[str, Any] = {}
     for item in args.set:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set {item!r}: expected STAGE.FIELD=VALUE")
+        if "=" not in item:
+            raise ConfigError(
+                f"--set {item!r}: expected STAGE.FIELD=VALUE (or FIELD=VALUE for device, run_name)"
+            )
         key, value = item.split("=", 1)
         overrides[key] = _parse_value(value)
     for key, value in vars(args).items():

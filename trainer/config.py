@@ -259,7 +259,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The whole chain, analysis included, in about 10 minutes on 2 CPU cores.
     "demo": {
         "corpus": {"max_bytes": 48_000_000},
-        "tokenizer": {"vocab_size": 4096, "bpe_train_bytes": 16_000_000},
+        # 6% held out: about 1M tokens, all of which analysis reads.
+        "tokenizer": {"vocab_size": 4096, "bpe_train_bytes": 16_000_000, "val_fraction": 0.06},
         "model": {},
         "lm": {"n_steps": 800, "batch_size": 32, "eval_interval": 100, "checkpoint_interval": 100},
         "harvest": {"n_tokens": 3_000_000},
@@ -294,14 +295,23 @@ def preset_config(name: str, **overrides: Any) -> RunConfig:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     stages = {stage: dict(values) for stage, values in PRESETS[name].items()}
     top: dict[str, Any] = {"preset": name, "out_dir": f"runs/{name}"}
+    top_fields = (
+        {f.name for f in fields(RunConfig)}
+        - set(stages)
+        - {"corpus", "tokenizer", "model", "lm", "harvest", "sae", "eval", "analysis"}
+    )
     for key, value in overrides.items():
         if value is None:
             continue
         if "." in key:
             stage, attr = key.split(".", 1)
             stages.setdefault(stage, {})[attr] = value
-        else:
+        elif key in top_fields:
             top[key] = value
+        else:
+            raise ConfigError(
+                f"unknown setting {key!r}; top-level settings are {', '.join(sorted(top_fields))}"
+            )
     return build_run_config(top, stages)
 
 

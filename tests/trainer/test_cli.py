@@ -30,6 +30,8 @@ def test_flags_map_onto_the_typed_config():
     cfg = config_from_args(args)
     assert (cfg.sae.variant, cfg.sae.k, cfg.sae.lr, cfg.out_dir) == ("topk", 8, 3e-4, "/tmp/x")
     assert cfg.sae.d_in == cfg.model.d_mlp
+    device_args = build_parser().parse_args(["train-sae", "--preset", "tiny", "--set", "device=cuda"])
+    assert config_from_args(device_args).device == "cuda"
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,7 @@ def test_flags_map_onto_the_typed_config():
         (["corpus", "--preset", "huge"], "unknown preset 'huge'"),
         (["train-sae", "--preset", "tiny", "--variant", "gated"], "unknown SAE variant 'gated'"),
         (["corpus", "--preset", "tiny", "--set", "sae.colour=1"], "unknown sae setting(s): colour"),
+        (["corpus", "--preset", "tiny", "--set", "colour=1"], "unknown setting 'colour'"),
         (
             ["corpus", "--preset", "tiny", "--source", "/nonexistent/corpus.txt", "--out-dir", "/tmp/never"],
             "corpus source /nonexistent/corpus.txt does not exist",
