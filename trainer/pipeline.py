@@ -210,8 +210,7 @@ def run_analyze(cfg: RunConfig) -> tuple[int, int]:
     from trainer.sae import SparseAutoencoder
 
     model = OneLayerTransformer.load(cfg.lm_dir)
-    sae = SparseAutoencoder.load(cfg.sae_dir)
-    _check_sae_fits(model, sae)
+    sae = SparseAutoencoder.load(cfg.sae_dir)  # analyze_and_store checks that it fits the model
     tokenizer = load_tokenizer(cfg.tokenizer_path)
     val_tokens = load_token_split(cfg.tokens_dir, "val")
     lm_log = _read_json(cfg.lm_dir / "training_log.json") or []
