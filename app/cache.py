@@ -1,4 +1,5 @@
-"""Rendered pages of complete runs, kept in memory and revalidated by browsers with ETags.
+"""Rendered pages of complete runs: kept in memory, read from the database's stored pages, and
+revalidated by browsers with ETags.
 
 A complete run never changes: re-analysing a model writes a new run (new id) and swaps the slug
 over in one transaction (`trainer.store.publish_run`). So a page of a complete run is the same
@@ -11,9 +12,13 @@ What is cached, keyed by (version, path, raw query string), only GET answers wit
   completed_at; only while the run is complete;
 - token search (HTML and JSON): version = every complete run's (id, completed_at);
 - the front page and /api/runs: version = every run's state; only when no run is unfinished.
-Live inference, /-/ pages, static files and errors are not. `x-cache: hit|miss` says which
-happened (each worker process has its own cache). Bodies are stored gzip-compressed (a
-feature page shrinks ~5x) and sent so to clients that accept gzip.
+Live inference, /-/ pages, static files and errors are not.
+
+Where an answer comes from, in order (`x-cache` says which): `hit`, this worker's memory;
+`store`, the pages `monosemantic prerender` rendered into the database (`StoredPage`: a run's
+page and its features' pages without a query string, used only when they were rendered by this
+very code, `app_version`); `miss`, rendered now. Bodies are kept gzip-compressed (a feature page
+shrinks ~5x) and sent so to clients that accept gzip.
 """
 
 from __future__ import annotations
@@ -28,17 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trainer.schema import Run
+from trainer.schema import Run, StoredPage
 
 # Browsers and proxies may keep a page but must ask (If-None-Match → 304) before reusing it,
 # since a slug can be re-pointed at a newer run.
 CACHE_CONTROL = b"public, no-cache"
 GZIP_LEVEL = 1  # 0.4 ms for a 95 kB feature page, 5.4x smaller; level 6 takes 1.1 ms for 20% less
 RunRow = tuple[int, str, str, str]  # id, slug, status, completed_at (as text)
+
+
+APP_DIR = Path(__file__).resolve().parent
 
 
 def code_version(*directories: Path) -> str:
@@ -52,10 +60,23 @@ def code_version(*directories: Path) -> str:
     return digest.hexdigest()[:10]
 
 
+def app_version(templates_dir: Path) -> str:
+    """This app's code version: in every ETag, and what a stored page must have been rendered by."""
+    return code_version(APP_DIR, templates_dir)
+
+
+_RUNS_QUERY = select(Run.id, Run.slug, Run.status, Run.completed_at)
+_STORED_PAGE_QUERY = select(StoredPage.content_type, StoredPage.body_gzip).where(
+    StoredPage.run_id == bindparam("run_id"),
+    StoredPage.path == bindparam("path"),
+    StoredPage.app_version == bindparam("app_version"),
+)
+
+
 def read_runs(engine: Engine) -> list[RunRow]:
     """Every run's id, slug, status and completed_at: the whole cache-validity check (one query)."""
     with engine.connect() as conn:
-        rows = conn.execute(select(Run.id, Run.slug, Run.status, Run.completed_at)).all()
+        rows = conn.execute(_RUNS_QUERY).all()
     return [(run_id, slug, status, str(completed_at)) for run_id, slug, status, completed_at in rows]
 
 
@@ -63,7 +84,13 @@ def _digest(rows: Sequence[RunRow]) -> str:
     return hashlib.sha1(repr(sorted(rows)).encode()).hexdigest()[:12]
 
 
-def page_version(path: str, runs: Sequence[RunRow]) -> str | None:
+@dataclass(frozen=True)
+class PageVersion:
+    tag: str  # the data's version: in the ETag and the cache key
+    run_id: int | None = None  # the run a run-scoped page shows (its stored pages live under it)
+
+
+def page_version(path: str, runs: Sequence[RunRow]) -> PageVersion | None:
     """The version of the data behind `path`, or None if its answer must not be cached."""
     parts = path.split("/")[1:]  # "/api/runs/x/features/3" -> ["api", "runs", "x", "features", "3"]
     if parts and parts[0] == "api":
@@ -74,14 +101,14 @@ def page_version(path: str, runs: Sequence[RunRow]) -> str | None:
         if parts == [""] and any(status != "complete" for _, _, status, _ in runs):
             return None  # unfinished runs show progress that changes
         scope = runs if parts == [""] else [r for r in runs if r[2] == "complete"]
-        return f"{parts[0] or 'index'}-{_digest(scope)}"
+        return PageVersion(f"{parts[0] or 'index'}-{_digest(scope)}")
     if len(parts) in (2, 4) and parts[0] == "runs" and (len(parts) == 2 or parts[2] == "features"):
         for run_id, slug, status, completed_at in runs:
             if slug == parts[1]:
                 if status != "complete":
                     return None
                 stamp = hashlib.sha1(completed_at.encode()).hexdigest()[:8]
-                return f"run{run_id}-{stamp}"
+                return PageVersion(f"run{run_id}-{stamp}", run_id)
     return None
 
 
@@ -93,6 +120,18 @@ class CachedPage:
     @property
     def size(self) -> int:
         return len(self.gzipped) + sum(len(k) + len(v) for k, v in self.headers)
+
+
+def read_stored_page(engine: Engine, run_id: int, path: str, version: str) -> CachedPage | None:
+    """The page `monosemantic prerender` stored for `path` of run `run_id` with this app version."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            _STORED_PAGE_QUERY, {"run_id": run_id, "path": path, "app_version": version}
+        ).one_or_none()
+    if row is None:
+        return None
+    content_type, body = row
+    return CachedPage([(b"content-type", content_type.encode())], body)
 
 
 class PageLRU:
@@ -162,7 +201,7 @@ class ResponseCacheMiddleware:
         if data_version is None:
             await self.app(scope, receive, send)
             return
-        etag = f'"{self.version}-{data_version}"'.encode()
+        etag = f'"{self.version}-{data_version.tag}"'.encode()
         request_headers = Headers(scope=scope)
         validators = [(b"etag", etag), (b"cache-control", CACHE_CONTROL), (b"vary", b"Accept-Encoding")]
         if _etag_matches(request_headers, etag):
@@ -170,15 +209,20 @@ class ResponseCacheMiddleware:
             await send({"type": "http.response.body", "body": b""})
             return
 
-        key = (data_version, path, scope["query_string"])
-        page = self.pages.get(key)
+        key = (data_version.tag, path, scope["query_string"])
+        page, source = self.pages.get(key), b"hit"
+        if page is None and data_version.run_id is not None and not scope["query_string"]:
+            if scope["app"].state.stored_pages:
+                page, source = read_stored_page(engine, data_version.run_id, path, self.version), b"store"
+                if page is not None:
+                    self.pages.put(key, page)
         if page is None:
             page = await self._render(scope, receive, send, [*validators, (b"x-cache", b"miss")])
             if page is None:
                 return  # not a 200: already sent as the app answered it
             self.pages.put(key, page)
             return
-        await self._send_page(page, send, [*validators, (b"x-cache", b"hit")], _accepts_gzip(request_headers))
+        await self._send_page(page, send, [*validators, (b"x-cache", source)], _accepts_gzip(request_headers))
 
     async def _render(
         self, scope: Scope, receive: Receive, send: Send, validators: list[tuple[bytes, bytes]]

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 from starlette.types import Scope
 
-from app.cache import ResponseCacheMiddleware, code_version
+from app.cache import ResponseCacheMiddleware, app_version
 from app.errors import install_error_handlers
 from app.routes import features, health, inference, runs, search
 from app.security import SecurityHeadersMiddleware
@@ -56,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.dispose()
             raise DatabaseError(f"{exc} (set DATABASE_URL to the trainer's database)") from exc
         app.state.engine = engine
+        # Stored pages need schema 2; an older database (not migrated: the app never writes) has none.
+        app.state.stored_pages = settings.stored_pages and (app.state.schema_version or 0) >= 2
         yield
         engine.dispose()
 
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.templates = build_templates()
     app.state.schema_version = None
+    app.state.stored_pages = False
+    app.state.app_version = app_version(TEMPLATES_DIR)
     for module in (runs, features, search, inference, health):
         app.include_router(module.router)
     # The vendor mount comes first: Starlette matches mounts in order.
@@ -87,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         ResponseCacheMiddleware,
         max_bytes=settings.response_cache_mb * 2**20,
-        version=code_version(Path(__file__).resolve().parent, TEMPLATES_DIR),
+        version=app.state.app_version,
     )
     app.add_middleware(SecurityHeadersMiddleware)
     return app

@@ -21,5 +21,7 @@ class Settings(BaseSettings):
     static_max_age: int = 3600
     # Memory per worker process for rendered pages of complete runs (gzipped; 0 turns it off).
     response_cache_mb: int = Field(default=64, ge=0)
+    # Serve the pages `monosemantic prerender` stored in the database (when rendered by this code).
+    stored_pages: bool = True
     # `monosemantic serve` worker processes: each holds its own connections and page cache.
     workers: int = Field(default_factory=lambda: min(2, os.cpu_count() or 1), ge=1)

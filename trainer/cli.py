@@ -56,6 +56,7 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
     ],
     "evaluate": [("--eval-tokens", "eval.n_tokens", int, "held-out tokens to evaluate on")],
     "analyze": [("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse")],
+    "prerender": [],
 }
 
 SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
@@ -70,7 +71,7 @@ SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
     "analyze": ("Analyse every feature and every neuron into the database.", ["analyze"]),
     "demo": (
         "Run every stage in order, then serve the browser.",
-        ["corpus", "train-lm", "harvest", "train-sae", "evaluate", "analyze"],
+        ["corpus", "train-lm", "harvest", "train-sae", "evaluate", "analyze", "prerender"],
     ),
 }
 
@@ -110,6 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--no-serve", action="store_true", help="stop after analysis instead of serving")
             sub.add_argument("--host", default="127.0.0.1")
             sub.add_argument("--port", type=int, default=8000)
+    prerender = commands.add_parser(
+        "prerender",
+        help="Render every page of complete runs into the database, to serve them fast.",
+        description="Render every page of complete runs into the database (skipping pages this "
+        "version of the app has stored already), so the browser serves them without rendering.",
+    )
+    prerender.add_argument(
+        "--db", help="database URL (default: $DATABASE_URL, else runs/demo/monosemantic.db)"
+    )
+    prerender.add_argument(
+        "--run", action="append", dest="runs", metavar="SLUG", help="only this run (repeatable)"
+    )
+    prerender.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 1, help="rendering processes (default: CPUs)"
+    )
+    prerender.add_argument("--force", action="store_true", help="render stored pages again too")
     serve = commands.add_parser(
         "serve", help="Serve the feature browser.", description="Serve the feature browser."
     )
@@ -148,24 +165,52 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return preset_config(args.preset, **overrides)
 
 
-def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> None:
-    """Serve the app; with several workers (default MONOSEMANTIC_WORKERS, else min(2, CPUs)) each
-    process builds its own app from the environment, so the database URL travels in DATABASE_URL."""
-    import uvicorn
-
+def _existing_database(db_url: str | None) -> str:
+    """The database URL (--db, else $DATABASE_URL, else the demo's), checked to exist."""
     from app.settings import Settings
-    from trainer.schema import check_schema_version, make_engine
 
-    settings = Settings(database_url=db_url) if db_url else Settings()
-    url = settings.database_url
+    url = (Settings(database_url=db_url) if db_url else Settings()).database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise FileNotFoundError(
             f"no database at {url.removeprefix('sqlite:///')}: run `monosemantic demo` "
             "first, or point --db / DATABASE_URL at one"
         )
+    return url
+
+
+def _prerender(db_url: str | None, runs: list[str] | None, processes: int, force: bool) -> None:
+    from app.prerender import prerender
+
+    url = _existing_database(db_url)
+    result = prerender(url, runs, processes=processes, force=force)
+    print(
+        f"prerender: {result.rendered} pages of {result.runs} run(s) stored "
+        f"({result.stored_bytes / 1e6:.1f} MB gzipped), {result.skipped} already stored, "
+        f"in {result.seconds:.1f}s"
+    )
+
+
+def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> None:
+    """Serve the app; with several workers (default MONOSEMANTIC_WORKERS, else min(2, CPUs)) each
+    process builds its own app from the environment, so the database URL travels in DATABASE_URL."""
+    import uvicorn
+
+    from app.prerender import runs_without_pages
+    from app.settings import Settings
+    from trainer.schema import check_schema_version, make_engine
+
+    url = _existing_database(db_url)
+    settings = Settings(database_url=url)
     engine = make_engine(url, read_only=True)
     check_schema_version(engine)  # a clear error now, not a traceback in every worker
+    unstored = runs_without_pages(engine)
     engine.dispose()
+    if unstored:
+        print(
+            f"note: {', '.join(unstored)}: no pages stored by this version of the app, so they are "
+            "rendered on each first visit; `monosemantic prerender` stores them",
+            flush=True,
+        )
     workers = workers or settings.workers
     os.environ["DATABASE_URL"] = url
     print(
@@ -187,6 +232,7 @@ def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file
         "train-sae": lambda: pipeline.run_train_sae(cfg, resume=resume, activations_file=activations_file),
         "evaluate": lambda: pipeline.run_evaluate(cfg),
         "analyze": lambda: pipeline.run_analyze(cfg),
+        "prerender": lambda: pipeline.run_prerender(cfg),
     }
     for stage in stages:
         actions[stage]()
@@ -206,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             _serve(args.db, args.host, args.port, args.workers)
+            return 0
+        if args.command == "prerender":
+            _prerender(args.db, args.runs, args.processes, args.force)
             return 0
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train-sae":
             raise ConfigError(f"only train-sae runs data-parallel under torchrun, not {args.command}")

@@ -7,6 +7,7 @@ Every stage reads what the previous one wrote under `cfg.out_dir`, so each can b
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -238,3 +239,17 @@ def run_analyze(cfg: RunConfig) -> tuple[int, int]:
     )
     print(f"analyze: wrote runs '{cfg.slug}' and its neurons to {cfg.database_url}")
     return sae_run, neuron_run
+
+
+@timed("prerender")
+def run_prerender(cfg: RunConfig) -> Any:
+    """Render every page of the database's complete runs into it, so the browser serves them
+    without rendering (pages this version of the app stored before are kept)."""
+    from app.prerender import prerender
+
+    result = prerender(cfg.database_url, processes=os.cpu_count() or 1)
+    print(
+        f"prerender: {result.rendered} pages stored ({result.stored_bytes / 1e6:.1f} MB gzipped), "
+        f"{result.skipped} already there"
+    )
+    return result

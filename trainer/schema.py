@@ -37,7 +37,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
@@ -182,6 +182,23 @@ class TokenFeature(Base):
     count: Mapped[int] = mapped_column(Integer)  # occurrences on which the feature fired
 
 
+class StoredPage(Base):
+    """A page of a complete run rendered ahead of time by `monosemantic prerender`: the exact
+    body the app would send for `path` (no query string), gzip-compressed.
+
+    The app serves it instead of rendering only while `app_version` equals its own code version
+    (a digest of app/ and templates/), so a change to the app never serves an old page. A complete
+    run never changes, and its pages go with it (ON DELETE CASCADE) when it is replaced.
+    """
+
+    __tablename__ = "stored_pages"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(500), primary_key=True)  # e.g. "/runs/demo/features/7"
+    app_version: Mapped[str] = mapped_column(String(64))
+    content_type: Mapped[str] = mapped_column(String(100))
+    body_gzip: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 # ----------------------------------------------------------------------------- arrays
 
 
@@ -259,7 +276,11 @@ def _check_reachable(engine: Engine) -> None:
 
 
 # Migration functions, applied in order: MIGRATIONS[v] upgrades a database from version v to v+1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+def _add_stored_pages(conn: Connection) -> None:
+    StoredPage.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_stored_pages}
 
 
 def read_schema_version(engine: Engine) -> int | None:

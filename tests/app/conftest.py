@@ -4,8 +4,10 @@ real servers."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from appdb import FixtureDB, build_fixture_db, build_hostile_db, start_server
@@ -41,6 +43,16 @@ def fixture_db(tmp_path_factory: pytest.TempPathFactory) -> FixtureDB:
 @pytest.fixture(scope="session")
 def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> FixtureDB:
     return build_hostile_db(tmp_path_factory.mktemp("hostile-db"))
+
+
+@pytest.fixture
+def writable_db(fixture_db: FixtureDB, tmp_path: Path) -> str:
+    """A copy of the fixture database the test may write to (re-analyse runs, store pages)."""
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{fixture_db.path}{suffix}")
+        if source.exists():
+            shutil.copy(source, tmp_path / f"fixture.db{suffix}")
+    return f"sqlite:///{tmp_path / 'fixture.db'}"
 
 
 @pytest.fixture(scope="session")

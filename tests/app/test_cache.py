@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from appdb import RUNNING_RUN, SAE_RUN, FixtureDB
+from appdb import RUNNING_RUN, SAE_RUN
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -18,16 +16,6 @@ from trainer.schema import Feature, make_engine
 from trainer.store import pending_run
 
 FEATURE = f"/runs/{SAE_RUN}/features/5"
-
-
-@pytest.fixture
-def writable_db(fixture_db: FixtureDB, tmp_path: Path) -> str:
-    """A copy of the fixture database the test may re-analyse runs in."""
-    for suffix in ("", "-wal", "-shm"):
-        source = Path(f"{fixture_db.path}{suffix}")
-        if source.exists():
-            shutil.copy(source, tmp_path / f"fixture.db{suffix}")
-    return f"sqlite:///{tmp_path / 'fixture.db'}"
 
 
 @pytest.fixture
