@@ -1,33 +1,56 @@
-"""Load-test the web app: feature pages and searches, 32 concurrent clients, on loopback.
+"""Load-test the web app with wrk: feature pages, feature JSON and searches, 32 concurrent clients.
 
-    python bench/bench_app.py                 # builds a demo-sized synthetic DB in a temp dir
-    python bench/bench_app.py --db runs/demo/monosemantic.db --requests 4000
+    python bench/bench_app.py                      # builds a demo-sized synthetic DB in a temp dir
+    python bench/bench_app.py --db runs/demo/monosemantic.db
+    python bench/bench_app.py --db runs/demo/monosemantic.db --live   # no pre-rendered pages
 
-The synthetic database (written through trainer/schema.py) has the demo's shape: 4096 features,
-~35 examples of 33 tokens each, a 4096-token vocabulary and its search index. uvicorn runs in a
-subprocess on a free 127.0.0.1 port (default min(2, CPUs) workers, like `monosemantic serve`).
-Nothing but connections is warmed up: each route is loaded COLD (every url visited for the first
-time: the app renders it) and then WARM (the same urls again: from the page cache), each phase
-bounded by --requests and --time-limit; p50/p99 are printed beside a reference route's
-(/-/health and a static file), since absolute numbers depend on the machine and its load.
-Targets: feature page p99 < 50 ms, search < 100 ms.
+The load generator is Debian's wrk (`apt-get install wrk`; a Python client tops out near 400
+requests/s on 2 cores, below what the app serves). uvicorn runs in a subprocess on a free
+127.0.0.1 port (default min(2, CPUs) workers, like `monosemantic serve`); with --live it runs
+with MONOSEMANTIC_STORED_PAGES=0, so pages pre-rendered by `monosemantic prerender` are not
+used and every page is rendered live. Nothing is warmed up.
+
+Each route gets a list of --requests url paths (distinct features and search tokens; the
+reference routes /-/health and /static/app.css repeat one url) and is loaded in two phases by
+one wrk thread with --concurrency connections (`-t 1 -c 32 --timeout 10s`), whose Lua script
+hands each request the next path of the list:
+- COLD: every url once, the first visit (what the server has to render or read);
+- WARM: the same urls again, shuffled (from the page cache; each worker keeps its own, so with
+  N workers about 1/N of the urls reach the worker that cached them).
+A phase ends once every url has been answered (no url is requested twice), or after
+--time-limit seconds. wrk reports the latency distribution and errors (connect, read, write,
+timeout, and status: answers >= 400); the script also counts the `x-cache` header of each answer
+(hit: the worker's memory cache; store: a pre-rendered page; miss: rendered now). Clients are
+closed-loop (each sends its next request once answered), so latency includes queueing: at 32
+clients the median is about 32 / throughput.
+
+p99 is also printed as a multiple of /-/health's p99 in the same phase, since absolute numbers
+depend on the machine and its other load (wrk itself shares the CPUs with the server).
+Targets, at 32 concurrent clients: feature page p99 < 50 ms, feature JSON < 50 ms, search < 100 ms.
+Exits 1 if any request failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
+import json
+import math
 import os
 import random
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
-import httpx
 import numpy as np
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -46,7 +69,10 @@ from trainer.schema import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = "health (reference)"
 TARGETS_MS = {"feature page": 50.0, "feature JSON": 50.0, "search": 100.0}
+WRK_TIMEOUT = "10s"
+FINISHED, RESULT = "BENCH-FINISHED", "BENCH-RESULT "  # WRK_SCRIPT's output lines
 
 
 # ----------------------------------------------------------------------------- synthetic DB
@@ -173,54 +199,7 @@ def build_demo_db(path: Path, n_features: int = 4096, vocab: int = 4096, seed: i
     return url
 
 
-# ----------------------------------------------------------------------------- load
-
-
-@dataclass
-class Result:
-    name: str
-    latencies_ms: list[float]
-    errors: int
-    seconds: float
-    cache_hits: int = 0
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-async def load(
-    client: httpx.AsyncClient, name: str, urls: list[str], concurrency: int, time_limit: float
-) -> Result:
-    """Fetch every url with `concurrency` workers sharing one queue (stopping after `time_limit`
-    seconds); latency per request, and how many the server answered from its page cache."""
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    for url in urls:
-        queue.put_nowait(url)
-    latencies: list[float] = []
-    errors = hits = 0
-    deadline = time.perf_counter() + time_limit
-
-    async def worker() -> None:
-        nonlocal errors, hits
-        while time.perf_counter() < deadline:
-            try:
-                url = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            start = time.perf_counter()
-            try:
-                response = await client.get(url)
-                await response.aread()
-                errors += response.status_code != 200
-                hits += response.headers.get("x-cache") == "hit"
-            except httpx.HTTPError:
-                errors += 1
-            latencies.append(1000 * (time.perf_counter() - start))
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Result(name, latencies, errors, time.perf_counter() - start, hits)
+# ----------------------------------------------------------------------------- urls
 
 
 def sample_urls(db_url: str, n: int, rng: random.Random) -> dict[str, list[str]]:
@@ -239,15 +218,18 @@ def sample_urls(db_url: str, n: int, rng: random.Random) -> dict[str, list[str]]
         rng.sample(features, min(n, len(features))),
     )
     return {
-        "health (reference)": ["/-/health"] * n,
+        REFERENCE: ["/-/health"] * n,
         "static file (reference)": ["/static/app.css"] * n,
         "feature page": [f"/runs/{slug}/features/{i}" for slug, i in html_features],
         "feature JSON": [f"/api/runs/{slug}/features/{i}" for slug, i in json_features],
         "search": [
-            httpx.URL("/search", params={"token": t}).raw_path.decode()
+            "/search?" + urlencode({"token": t}, quote_via=quote)
             for t in rng.sample(texts, min(n, len(texts)))
         ],
     }
+
+
+# ----------------------------------------------------------------------------- server
 
 
 def free_port() -> int:
@@ -256,8 +238,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(db_url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn on a free loopback port, as `monosemantic serve` runs it (app factory, N workers)."""
+def answers_health(port: int) -> bool:
+    """Whether the server on 127.0.0.1:`port` answers /-/health with 200 (http.client: no proxies)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        connection.request("GET", "/-/health")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def log_tail(log: Path, lines: int = 30) -> str:
+    return "".join(log.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+
+
+def start_server(db_url: str, workers: int, live: bool, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn on a free loopback port, as `monosemantic serve` runs it (app factory, N workers),
+    its output to `log`; `live`: with MONOSEMANTIC_STORED_PAGES=0 (no pre-rendered pages), else
+    the environment as it is."""
     port = free_port()
     command = [
         sys.executable,
@@ -275,118 +275,275 @@ def start_server(db_url: str, workers: int) -> tuple[subprocess.Popen[bytes], st
         "--workers",
         str(workers),
     ]
-    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "DATABASE_URL": db_url})
-    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DATABASE_URL": db_url}
+    if live:
+        env["MONOSEMANTIC_STORED_PAGES"] = "0"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"uvicorn exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/-/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
+            raise SystemExit(f"uvicorn exited with code {proc.returncode}:\n{log_tail(log)}")
+        if answers_health(port):
+            return proc, f"http://127.0.0.1:{port}"
+        time.sleep(0.2)
     proc.kill()
-    raise SystemExit("uvicorn did not answer within 60 s")
+    raise SystemExit(f"uvicorn did not answer within 60 s:\n{log_tail(log)}")
+
+
+# ----------------------------------------------------------------------------- load (wrk)
+
+# wrk's Lua script. Its args (after `--`): the file of url paths, one a line, and the number of
+# connections. One thread: it hands each request the next path; once the list is used up, a
+# connection asking for more gets an empty request (it writes nothing and waits quietly), and when
+# all connections are quiet every answer is in: the thread prints FINISHED and stops. wrk's main
+# thread sleeps out -d regardless, so the bench interrupts it (SIGINT) on FINISHED, and wrk then
+# calls done(), which prints one JSON line.
+WRK_SCRIPT = r"""
+local threads = {}
+local requests = {}
+local connections = 1
+local checked = false
+listed, issued, quiet = 0, 0, 0
+x_cache = {}
+
+wrk.headers["Accept-Encoding"] = "gzip"
+
+function setup(thread)
+  threads[#threads + 1] = thread
+end
+
+function init(args)
+  for path in io.lines(args[1]) do
+    requests[#requests + 1] = wrk.format("GET", path)
+  end
+  listed = #requests
+  connections = tonumber(args[2])
+end
+
+function request()
+  if not checked then  -- wrk's own call, before the run, to parse what request() returns
+    checked = true
+    return requests[1]
+  end
+  if issued < listed then
+    issued = issued + 1
+    return requests[issued]
+  end
+  quiet = quiet + 1
+  if quiet == connections then
+    io.stdout:write("BENCH-FINISHED\n")
+    io.stdout:flush()
+    wrk.thread:stop()
+  end
+  return ""
+end
+
+function response(status, headers, body)
+  local source = headers["x-cache"] or "none"
+  x_cache[source] = (x_cache[source] or 0) + 1
+end
+
+function done(summary, latency, _)
+  local thread = threads[1]
+  local sources = {}
+  for source, n in pairs(thread:get("x_cache")) do
+    sources[#sources + 1] = string.format('"%s": %d', (source:gsub("[^%w_-]", "_")), n)
+  end
+  local e = summary.errors
+  io.stdout:write(string.format(
+    'BENCH-RESULT {"listed": %d, "issued": %d, "requests": %d, "seconds": %.6f, '
+      .. '"p50_ms": %.3f, "p90_ms": %.3f, "p99_ms": %.3f, "max_ms": %.3f, '
+      .. '"errors": {"connect": %d, "read": %d, "write": %d, "timeout": %d, "status": %d}, '
+      .. '"x_cache": {%s}}\n',
+    thread:get("listed"), thread:get("issued"), summary.requests, summary.duration / 1e6,
+    latency:percentile(50) / 1e3, latency:percentile(90) / 1e3, latency:percentile(99) / 1e3,
+    latency.max / 1e3, e.connect, e.read, e.write, e.timeout, e.status, table.concat(sources, ", ")))
+end
+"""
 
 
 @dataclass
-class Phases:
-    cold: list[Result]  # first visit of each url, `concurrency` clients
-    warm: list[Result]  # the same urls again, shuffled
-    serial_cold: list[Result]  # unseen urls one at a time: service time
-    serial_warm: list[Result]
+class Result:
+    """One wrk run: a route's url list loaded once."""
+
+    name: str
+    listed: int  # urls in the list
+    issued: int  # urls handed out (< listed: stopped by the time limit)
+    requests: int  # answers received
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: dict[str, int]  # connect, read, write, timeout, status (answers >= 400)
+    x_cache: dict[str, int]  # answers per x-cache header value ("none": without one)
+
+    @property
+    def n_errors(self) -> int:
+        return sum(self.errors.values())
+
+    def share(self, source: str) -> float:
+        return self.x_cache.get(source, 0) / max(1, self.requests)
 
 
-async def run_all(
-    base: str, routes: dict[str, list[str]], concurrency: int, serial: int, time_limit: float, seed: int
-) -> Phases:
-    """Only connections are warmed up (on /-/health); then each route cold, then warm."""
+def interrupt_when_finished(proc: subprocess.Popen[str]) -> list[str]:
+    """wrk's output lines; on the script's FINISHED line, SIGINT until wrk exits (a signal may land
+    on the stopping load thread rather than the main thread sleeping out -d)."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(FINISHED):
+            while proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(0.05)
+                except subprocess.TimeoutExpired:
+                    pass
+    return lines
+
+
+def run_wrk(
+    name: str, base: str, paths: list[str], workdir: Path, concurrency: int, time_limit: float
+) -> Result:
+    """Request each of `paths` once over `concurrency` connections, for `time_limit` s at most."""
+    script, path_file = workdir / "bench.lua", workdir / f"{re.sub(r'[^a-z]+', '-', name.lower())}.txt"
+    script.write_text(WRK_SCRIPT)
+    path_file.write_text("".join(f"{path}\n" for path in paths))
+    duration = max(1, math.ceil(time_limit))
+    command = ["wrk", "-t", "1", "-c", str(concurrency), "-d", f"{duration}s", "--timeout", WRK_TIMEOUT]
+    command += ["-s", str(script), base, "--", str(path_file), str(concurrency)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(duration + 30, proc.kill)  # wrk stops after -d by itself: a backstop
+    watchdog.start()
+    try:
+        lines = interrupt_when_finished(proc)
+        proc.wait()
+    finally:
+        watchdog.cancel()
+    results = [json.loads(line[len(RESULT) :]) for line in lines if line.startswith(RESULT)]
+    if proc.returncode != 0 or not results:
+        raise SystemExit(f"wrk failed (exit code {proc.returncode}):\n{''.join(lines)}")
+    return Result(name=name, **results[0])
+
+
+def load_routes(
+    base: str, routes: dict[str, list[str]], concurrency: int, time_limit: float, seed: int, workdir: Path
+) -> tuple[list[Result], list[Result]]:
+    """Each route COLD (every url once), then WARM (the same urls again, shuffled)."""
     rng = random.Random(seed)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    phases = Phases([], [], [], [])
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
-        await load(client, "connections", ["/-/health"] * 4 * concurrency, concurrency, time_limit)
-        for name, urls in routes.items():
-            loaded, held_back = urls[:-serial] if serial < len(urls) else urls, urls[-serial:]
-            phases.cold.append(await load(client, name, loaded, concurrency, time_limit))
-            phases.serial_cold.append(await load(client, name, held_back, 1, time_limit))
-            again = rng.sample(loaded, len(loaded))
-            phases.warm.append(await load(client, name, again, concurrency, time_limit))
-            phases.serial_warm.append(await load(client, name, again[:serial], 1, time_limit))
-    return phases
+    cold, warm = [], []
+    for name, urls in routes.items():
+        if not urls:
+            print(f"{name}: nothing to request in this database, skipped")
+            continue
+        cold.append(run_wrk(name, base, urls, workdir, concurrency, time_limit))
+        again = rng.sample(urls, len(urls))
+        warm.append(run_wrk(name, base, again, workdir, concurrency, time_limit))
+    return cold, warm
 
 
-def report(title: str, results: list[Result], with_targets: bool) -> None:
-    """p50/p99 per route, p99 as a multiple of the first (reference) route's, cache hit share."""
-    reference = results[0].pct(0.99)
+# ----------------------------------------------------------------------------- report
+
+
+def report(title: str, results: list[Result]) -> None:
+    """Per route: latency percentiles, throughput, errors, x-cache shares, p99 as a multiple of
+    the reference route's, and the verdict against the target."""
+    reference = next(r.p99_ms for r in results if r.name == REFERENCE)
     print(f"\n{title}")
     print(
-        f"{'route':<26}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'req/s':>8}{'errors':>7}"
-        f"{'hits':>6}{'p99/ref':>8}  target"
+        f"{'route':<24}{'n':>6}{'p50 ms':>8}{'p90 ms':>8}{'p99 ms':>8}{'max ms':>8}{'req/s':>7}"
+        f"{'errors':>7}{'hit':>5}{'store':>6}{'p99/ref':>8}  target"
     )
     for r in results:
-        target = TARGETS_MS.get(r.name) if with_targets else None
+        target = TARGETS_MS.get(r.name)
         verdict = (
-            "" if target is None else f"p99 < {target:.0f} ms " + ("ok" if r.pct(0.99) < target else "MISSED")
+            "" if target is None else f"p99 < {target:.0f} ms " + ("ok" if r.p99_ms < target else "MISSED")
         )
-        hits = f"{100 * r.cache_hits / max(1, len(r.latencies_ms)):.0f}%"
         print(
-            f"{r.name:<26}{len(r.latencies_ms):>6}{r.pct(0.5):>9.1f}{r.pct(0.99):>9.1f}"
-            f"{max(r.latencies_ms, default=float('nan')):>9.1f}{len(r.latencies_ms) / r.seconds:>8.0f}"
-            f"{r.errors:>7}{hits:>6}{r.pct(0.99) / reference:>8.1f}  {verdict}"
+            f"{r.name:<24}{r.requests:>6}{r.p50_ms:>8.1f}{r.p90_ms:>8.1f}{r.p99_ms:>8.1f}{r.max_ms:>8.1f}"
+            f"{r.requests / r.seconds:>7.0f}{r.n_errors:>7}{r.share('hit'):>5.0%}{r.share('store'):>6.0%}"
+            f"{r.p99_ms / reference:>8.1f}  {verdict}"
         )
+    for r in results:
+        if r.n_errors:
+            print(f"  {r.name}: errors {', '.join(f'{k} {v}' for k, v in r.errors.items() if v)}")
+        if r.issued < r.listed:
+            print(f"  {r.name}: stopped by --time-limit after {r.issued} of {r.listed} urls")
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--db", type=Path, help="an existing SQLite database (default: build a synthetic one)"
     )
-    parser.add_argument("--requests", type=int, default=2000, help="distinct urls per route")
-    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
-    parser.add_argument("--serial", type=int, default=200, help="requests per route at concurrency 1")
-    parser.add_argument("--time-limit", type=float, default=60, help="seconds per route and phase, at most")
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="urls per route (distinct for data routes)"
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (wrk connections)")
+    parser.add_argument("--time-limit", type=float, default=30, help="seconds per route and phase, at most")
     parser.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="uvicorn worker processes"
     )
+    parser.add_argument(
+        "--live", action="store_true", help="serve with MONOSEMANTIC_STORED_PAGES=0: every page rendered live"
+    )
     parser.add_argument("--features", type=int, default=4096, help="features of the synthetic run")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp:
-        if args.db:
-            db_url = f"sqlite:///{args.db.resolve()}"
-        else:
-            started = time.perf_counter()
-            db_url = build_demo_db(Path(tmp) / "bench.db", n_features=args.features, seed=args.seed)
-            print(f"built synthetic database in {time.perf_counter() - started:.1f} s")
+
+def database_url(args: argparse.Namespace, tmp: Path) -> str:
+    """--db's url, or a synthetic database's built in `tmp`."""
+    if args.db:
+        return f"sqlite:///{args.db.resolve()}"
+    started = time.perf_counter()
+    url = build_demo_db(tmp / "bench.db", n_features=args.features, seed=args.seed)
+    print(f"built synthetic database in {time.perf_counter() - started:.1f} s")
+    return url
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> None:
+    args = parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: install Debian's wrk: apt-get install wrk")
+
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        db_url = database_url(args, tmp)
         routes = sample_urls(db_url, args.requests, random.Random(args.seed))
         load_before = os.getloadavg()
-        proc, base = start_server(db_url, args.workers)
+        proc, base = start_server(db_url, args.workers, args.live, tmp / "uvicorn.log")
         try:
-            phases = asyncio.run(
-                run_all(base, routes, args.concurrency, args.serial, args.time_limit, args.seed)
-            )
+            cold, warm = load_routes(base, routes, args.concurrency, args.time_limit, args.seed, tmp)
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop_server(proc)
+        server_log = log_tail(tmp / "uvicorn.log")
 
     # Other work on the machine shows in every row; the reference rows and the load average say how much.
     load_after = os.getloadavg()
-    machine = (
-        f"{args.workers} uvicorn worker(s), {os.cpu_count()} CPUs, load average (1/5 min) "
+    pages = "live (MONOSEMANTIC_STORED_PAGES=0)" if args.live else "as configured"
+    print(
+        f"\n{args.workers} uvicorn worker(s), pages {pages}, {os.cpu_count()} CPUs, load average (1/5 min) "
         f"{load_before[0]:.1f}/{load_before[1]:.1f} before, {load_after[0]:.1f}/{load_after[1]:.1f} after"
     )
-    print(f"\n{machine}")
-    clients = f"{args.concurrency} concurrent clients"
-    report(f"COLD: {clients}, first visit of each url", phases.cold, True)
-    report(f"WARM: {clients}, the same urls again", phases.warm, True)
-    report("COLD, one client at a time (service time of unseen urls)", phases.serial_cold, False)
-    report("WARM, one client at a time", phases.serial_warm, False)
-    if any(r.errors for p in (phases.cold, phases.warm, phases.serial_cold, phases.serial_warm) for r in p):
+    clients = f"{args.concurrency} concurrent clients (wrk -t 1 -c {args.concurrency})"
+    report(f"COLD: {clients}, first visit of each url", cold)
+    report(f"WARM: {clients}, the same urls again", warm)
+    if any(r.n_errors for r in cold + warm):
+        print(f"\nrequests failed; the end of uvicorn's output:\n{server_log}")
         sys.exit(1)
 
 
