@@ -13,16 +13,20 @@ from pathlib import Path
 import plotly
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 from starlette.responses import Response
 from starlette.types import Scope
 
+from app import queries
 from app.cache import ResponseCacheMiddleware, app_version
 from app.errors import install_error_handlers
 from app.routes import features, health, inference, runs, search
 from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
 from app.templating import STATIC_DIR, TEMPLATES_DIR, build_templates
-from trainer.schema import DatabaseError, check_schema_version, make_engine, read_schema_version
+from trainer.schema import DatabaseError, Run, check_schema_version, make_engine, read_schema_version
 
 PLOTLY_DIR = Path(plotly.__file__).resolve().parent / "package_data"
 
@@ -39,6 +43,18 @@ class CachedStaticFiles(StaticFiles):
         if response.status_code == 200:
             response.headers["cache-control"] = self.cache_control
         return response
+
+
+def warm_up(templates: Jinja2Templates, engine: Engine) -> None:
+    """Do at startup what the first requests would otherwise all queue behind: compile every
+    template and load the vocabularies (every page's token texts) of the complete runs."""
+    for name in templates.env.list_templates(extensions=["html"]):
+        templates.env.get_template(name)
+    with Session(engine) as session:
+        for run in session.scalars(
+            select(Run).where(Run.status == "complete").limit(queries._VOCAB_CACHE_RUNS)
+        ):
+            queries.load_tokens(session, run, [0])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -58,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         # Stored pages need schema 2; an older database (not migrated: the app never writes) has none.
         app.state.stored_pages = settings.stored_pages and (app.state.schema_version or 0) >= 2
+        if app.state.schema_version is not None:
+            warm_up(app.state.templates, engine)
         yield
         engine.dispose()
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app import queries
+from app import token_search
 from app.deps import SessionDep
 from app.models import SearchMode, SearchResult
 from app.templating import render
@@ -35,10 +35,10 @@ async def search_token(
     token: TokenQuery = None,
     mode: ModeQuery = "exact",
     run: RunQuery = None,
-    limit: LimitQuery = queries.SEARCH_HITS_DEFAULT,
+    limit: LimitQuery = token_search.SEARCH_HITS_DEFAULT,
 ) -> SearchResult:
     """Features and neurons that fire most on the tokens matching `token`, strongest first."""
-    return queries.search(session, token, mode, run or None, limit)
+    return token_search.search(session, token, mode, run or None, limit)
 
 
 @router.get("/search", include_in_schema=False)
@@ -48,7 +48,7 @@ async def show_search(
     token: TokenQuery = None,
     mode: ModeQuery = "exact",
     run: RunQuery = None,
-    limit: LimitQuery = queries.SEARCH_HITS_DEFAULT,
+    limit: LimitQuery = token_search.SEARCH_HITS_DEFAULT,
 ) -> Response:
-    data = queries.search(session, token, mode, run or None, limit)
-    return render(request, "search.html", {"data": data, "runs": queries.complete_run_slugs(session)})
+    data = token_search.search(session, token, mode, run or None, limit)
+    return render(request, "search.html", {"data": data, "runs": token_search.complete_run_slugs(session)})

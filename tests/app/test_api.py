@@ -5,6 +5,8 @@ from __future__ import annotations
 from appdb import N_NEURONS, N_SAE, NEURON_RUN, RUNNING_RUN, SAE_RUN
 from fastapi.testclient import TestClient
 
+from trainer.schema import SCHEMA_VERSION
+
 
 def test_runs_lists_complete_runs_and_running_ones_apart(client: TestClient) -> None:
     body = client.get("/api/runs").json()
@@ -115,7 +117,7 @@ def test_inference_without_artifacts_says_so(client: TestClient) -> None:
 
 
 def test_health_and_openapi(client: TestClient) -> None:
-    assert client.get("/-/health").json() == {"status": "ok", "schema_version": 1}
+    assert client.get("/-/health").json() == {"status": "ok", "schema_version": SCHEMA_VERSION}
     paths = client.get("/openapi.json").json()["paths"]
     for path in (
         "/api/runs",
