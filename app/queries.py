@@ -13,10 +13,10 @@ import unicodedata
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, func, or_, select
+from sqlalchemy.orm import Session, defer
 
 from app import links
 from app.models import (
@@ -96,16 +96,27 @@ def unknown_token(token_id: int) -> TokenOut:
     return TokenOut(id=token_id, text="", display=f"<{token_id}>", quoted=f"<unknown token {token_id}>")
 
 
+class Vocabulary(NamedTuple):
+    """A run's tokens by id, and their display forms by id (what every example window needs)."""
+
+    tokens: dict[int, TokenOut]
+    display: dict[int, str]
+
+    @classmethod
+    def of(cls, tokens: dict[int, TokenOut]) -> Vocabulary:
+        return cls(tokens, {token_id: token.display for token_id, token in tokens.items()})
+
+
 # Vocabularies of complete runs, which never change, kept per engine (so per database):
-# {engine: {(run id, created_at, completed_at): {token id: TokenOut}}}, a few runs each.
-_VOCAB_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[int, str, str], dict[int, TokenOut]]] = (
+# {engine: {(run id, created_at, completed_at): Vocabulary}}, a few runs each.
+_VOCAB_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[int, str, str], Vocabulary]] = (
     weakref.WeakKeyDictionary()
 )
 _VOCAB_CACHE_RUNS = 8
 _vocab_lock = threading.Lock()
 
 
-def _complete_vocabulary(session: Session, run: Run) -> dict[int, TokenOut]:
+def _complete_vocabulary(session: Session, run: Run) -> Vocabulary:
     key = (run.id, str(run.created_at), str(run.completed_at))
     engine = session.get_bind()
     with _vocab_lock:
@@ -116,12 +127,26 @@ def _complete_vocabulary(session: Session, run: Run) -> dict[int, TokenOut]:
     rows = session.execute(
         select(Token.token_id, Token.raw, Token.text, Token.display).where(Token.run_id == run.id)
     ).all()
-    vocab = {row[0]: token_out(*row) for row in rows}
+    vocab = Vocabulary.of({row[0]: token_out(*row) for row in rows})
     with _vocab_lock:
         cache[key] = vocab
         while len(cache) > _VOCAB_CACHE_RUNS:
             cache.popitem(last=False)
     return vocab
+
+
+def load_vocabulary(session: Session, run: Run, token_ids: Iterable[int]) -> Vocabulary:
+    """A vocabulary holding at least every token of `token_ids`: a complete run's whole cached
+    vocabulary (shared: do not modify), else those tokens in one query. Ids missing from the
+    vocabulary get a placeholder."""
+    if run.status == "complete":
+        vocab = _complete_vocabulary(session, run)
+        missing = set(token_ids).difference(vocab.tokens)
+        if not missing:
+            return vocab
+        tokens = {**vocab.tokens, **{t: unknown_token(t) for t in missing}}
+        return Vocabulary.of(tokens)
+    return Vocabulary.of(load_tokens(session, run, token_ids))
 
 
 def load_tokens(session: Session, run: Run, token_ids: Iterable[int]) -> dict[int, TokenOut]:
@@ -131,7 +156,7 @@ def load_tokens(session: Session, run: Run, token_ids: Iterable[int]) -> dict[in
     if not wanted:
         return {}
     if run.status == "complete":
-        vocab = _complete_vocabulary(session, run)
+        vocab = _complete_vocabulary(session, run).tokens
         return {t: vocab.get(t) or unknown_token(t) for t in wanted}
     rows = session.execute(
         select(Token.token_id, Token.raw, Token.text, Token.display).where(
@@ -196,8 +221,14 @@ def list_runs(session: Session) -> RunList:
     )
 
 
+# A run's training log (~140 kB of JSON on the demo run, ~1.5 ms to decode) is shown only by
+# its run page: every other page that looks a run up (each feature page) leaves it unread, and
+# `run.training_log` loads it (one query) when it is read.
+_RUN_QUERY = select(Run).where(Run.slug == bindparam("slug")).options(defer(Run.training_log))
+
+
 def get_run(session: Session, slug: str) -> Run:
-    run = session.scalars(select(Run).where(Run.slug == slug)).one_or_none()
+    run = session.scalars(_RUN_QUERY, {"slug": slug}).one_or_none()
     if run is None:
         raise NotFoundError(f"There is no run {slug!r}.")
     return run
@@ -299,75 +330,91 @@ def _ids(entries: Sequence[Any], key: str = "token_id") -> list[int]:
     return [int(e[key]) for e in entries if isinstance(e, dict) and key in e]
 
 
+# The feature page's statements, built once (building and caching a statement per request cost
+# about as much as running it) and run on the session's connection without the ORM layer.
+_features, _examples = Feature.__table__, Example.__table__
+_RUN_ID: BindParameter[int] = bindparam("run_id")
+_INDEX: BindParameter[int] = bindparam("index")
+_FEATURE_QUERY = select(
+    _features,
+    select(func.max(_features.c.index))
+    .where(_features.c.run_id == _RUN_ID, _features.c.index < _INDEX)
+    .scalar_subquery()
+    .label("previous_index"),
+    select(func.min(_features.c.index))
+    .where(_features.c.run_id == _RUN_ID, _features.c.index > _INDEX)
+    .scalar_subquery()
+    .label("next_index"),
+).where(_features.c.run_id == _RUN_ID, _features.c.index == _INDEX)
+_EXAMPLES_QUERY = (
+    select(
+        _examples.c.id,
+        _examples.c.kind,
+        _examples.c.band,
+        _examples.c.rank,
+        _examples.c.max_activation,
+        _examples.c.focus_position,
+        _examples.c.token_ids,
+        _examples.c.activations,
+    )
+    .where(_examples.c.run_id == _RUN_ID, _examples.c.feature_index == _INDEX)
+    .order_by(_examples.c.kind, _examples.c.band.desc(), _examples.c.rank)
+)
+_LABELS_QUERY = select(_features.c.index, _features.c.label).where(
+    _features.c.run_id == _RUN_ID, _features.c.index.in_(bindparam("indices", expanding=True))
+)
+
+
 def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
-    """Everything a feature page shows, in a fixed number of queries (no per-example queries)."""
-    feature = session.get(Feature, (run.id, index))
-    if feature is None:
+    """Everything a feature page shows, in three queries (the feature with the indices before and
+    after it, its examples, its neighbours' labels): no per-example queries."""
+    connection = session.connection()
+    params = {"run_id": run.id, "index": index}
+    found = connection.execute(_FEATURE_QUERY, params).one_or_none()
+    if found is None:
         unit = "neuron" if run.kind == "neurons" else "feature"
         raise NotFoundError(f"Run {run.slug!r} has no {unit} {index} (it has {run.n_features}).")
-    example_rows = session.execute(
-        select(
-            Example.id,
-            Example.kind,
-            Example.band,
-            Example.rank,
-            Example.max_activation,
-            Example.focus_position,
-            Example.token_ids,
-            Example.activations,
-        )
-        .where(Example.run_id == run.id, Example.feature_index == index)
-        .order_by(Example.kind, Example.band.desc(), Example.rank)
-    ).all()
+    feature = found._mapping
     windows = [
-        (row, unpack_token_ids(row.token_ids).tolist(), unpack_activations(row.activations).tolist())
-        for row in example_rows
+        (row, unpack_token_ids(token_ids).tolist(), unpack_activations(activations).tolist())
+        for *row, token_ids, activations in connection.execute(_EXAMPLES_QUERY, params)
     ]
 
     top_tokens, logit_positive, logit_negative = (
-        feature.top_tokens,
-        feature.logit_positive,
-        feature.logit_negative,
+        feature["top_tokens"] or [],
+        feature["logit_positive"] or [],
+        feature["logit_negative"] or [],
     )
     wanted = _ids(top_tokens) + _ids(logit_positive) + _ids(logit_negative)
     for _row, token_ids, _acts in windows:
         wanted.extend(token_ids)
-    tokens = load_tokens(session, run, wanted)
+    tokens, display = load_vocabulary(session, run, wanted)
 
-    neighbours_raw = [n for n in feature.neighbours if isinstance(n, dict) and "index" in n]
+    neighbours_raw = [n for n in feature["neighbours"] or [] if isinstance(n, dict) and "index" in n]
     neighbour_labels = feature_labels(session, run.id, [int(n["index"]) for n in neighbours_raw])
-    previous_index, next_index = session.execute(
-        select(
-            select(func.max(Feature.index))
-            .where(Feature.run_id == run.id, Feature.index < index)
-            .scalar_subquery(),
-            select(func.min(Feature.index))
-            .where(Feature.run_id == run.id, Feature.index > index)
-            .scalar_subquery(),
-        )
-    ).one()
 
+    url = links.feature_url(run.slug, index)
     top_examples: list[ExampleOut] = []
     bands: dict[int, list[ExampleOut]] = {}
-    for row, token_ids, activations in windows:
+    for (example_id, kind, band, rank, max_activation, focus_position), token_ids, activations in windows:
         example = ExampleOut(
-            id=row.id,
-            kind=row.kind,
-            band=row.band,
-            rank=row.rank,
-            max_activation=row.max_activation,
-            focus_position=row.focus_position,
+            id=example_id,
+            kind=kind,
+            band=band,
+            rank=rank,
+            max_activation=max_activation,
+            focus_position=focus_position,
             token_ids=token_ids,
-            tokens=[tokens[t].display for t in token_ids],
+            tokens=list(map(display.__getitem__, token_ids)),
             activations=activations,
-            url=links.feature_url(run.slug, index, example=row.id),
+            url=f"{url}#example-{example_id}",  # as links.feature_url(run.slug, index, example=id)
         )
-        if row.kind == "top":
+        if kind == "top":
             top_examples.append(example)
         else:
-            bands.setdefault(row.band if row.band is not None else -1, []).append(example)
+            bands.setdefault(band if band is not None else -1, []).append(example)
 
-    edges = [float(e) for e in feature.band_edges]
+    edges = [float(e) for e in feature["band_edges"] or []]
 
     def edge(i: int) -> float | None:
         return edges[i] if 0 <= i < len(edges) else None
@@ -376,12 +423,12 @@ def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
         run=run_ref(run),
         index=index,
         unit="Neuron" if run.kind == "neurons" else "Feature",
-        label=feature.label,
-        label_source=feature.label_source,
-        density=feature.density,
-        max_activation=feature.max_activation,
-        mean_activation=feature.mean_activation,
-        activation_histogram=_histogram(feature.activation_histogram),
+        label=feature["label"],
+        label_source=feature["label_source"],
+        density=feature["density"],
+        max_activation=feature["max_activation"],
+        mean_activation=feature["mean_activation"],
+        activation_histogram=_histogram(feature["activation_histogram"]),
         band_edges=edges,
         top_tokens=[
             TopToken(
@@ -402,7 +449,7 @@ def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
             for t in logit_negative
             if isinstance(t, dict) and "token_id" in t
         ],
-        logit_histogram=_histogram(feature.logit_histogram),
+        logit_histogram=_histogram(feature["logit_histogram"]),
         neighbours=[
             Neighbour(
                 index=int(n["index"]),
@@ -417,9 +464,9 @@ def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
             IntervalBand(band=band, low=edge(band), high=edge(band + 1), examples=examples)
             for band, examples in sorted(bands.items(), reverse=True)
         ],
-        previous_index=previous_index,
-        next_index=next_index,
-        url=links.feature_url(run.slug, index),
+        previous_index=feature["previous_index"],
+        next_index=feature["next_index"],
+        url=url,
     )
 
 
@@ -427,9 +474,7 @@ def feature_labels(session: Session, run_id: int, indices: Iterable[int]) -> dic
     wanted = sorted(set(indices))
     if not wanted:
         return {}
-    rows = session.execute(
-        select(Feature.index, Feature.label).where(Feature.run_id == run_id, Feature.index.in_(wanted))
-    ).all()
+    rows = session.connection().execute(_LABELS_QUERY, {"run_id": run_id, "indices": wanted})
     return {index: label for index, label in rows}
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
@@ -14,50 +13,100 @@ from markupsafe import Markup, escape
 from starlette.responses import Response
 
 from app import links
+from app.models import ExampleOut
 from app.queries import visible
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
-N_SHADES = 10  # activation shading classes act-0 (none) .. act-10 (the scale's maximum)
+N_SHADES = 10  # activation shading classes a1 (weakest) .. a10 (the scale's maximum); none if not firing
 
 
 def shade(activation: float, scale: float) -> int:
     """The CSS shading class number of an activation relative to `scale` (0 = not firing)."""
-    if activation <= 0 or scale <= 0:
+    if not (activation > 0 and scale > 0):  # also 0 for NaN
         return 0
     return max(1, min(N_SHADES, math.ceil(N_SHADES * activation / scale)))
 
 
-@functools.lru_cache(maxsize=65_536)
-def _escaped(text: str) -> str:
-    """A token's display text, HTML-escaped (memoised: a vocabulary repeats across every page)."""
-    return str(escape(text))
+# A token's display text -> its plain span, "<span>" + HTML-escaped text + "</span>". Display texts
+# repeat across every page (they come from a run's vocabulary), so each is escaped once; the map
+# is emptied if user text (inference) ever grows it past the bound.
+_PLAIN_SPANS: dict[str, str] = {}
+_PLAIN_SPANS_MAX = 200_000
+_OPEN, _CLOSE = len("<span>"), -len("</span>")
+# A marked token's span opening by [shade][is focus]: shade 0 is a token that does not fire.
+_OPENERS = [("<span", '<span class="f"')] + [
+    (f'<span class="a{n}"', f'<span class="a{n} f"') for n in range(1, N_SHADES + 1)
+]
+
+
+def _plain_span(text: str) -> str:
+    span = _PLAIN_SPANS.get(text)
+    if span is None:
+        if len(_PLAIN_SPANS) >= _PLAIN_SPANS_MAX:
+            _PLAIN_SPANS.clear()
+        span = _PLAIN_SPANS[text] = f"<span>{escape(text)}</span>"
+    return span
+
+
+def _strip(tokens: Sequence[str], activations: Sequence[float], scale: float, focus: int | None) -> str:
+    """The token spans of `token_spans` (which see), as a str."""
+    n = min(len(tokens), len(activations))
+    if n < len(tokens) or n < len(activations):
+        tokens, activations = tokens[:n], activations[:n]
+    found = list(map(_PLAIN_SPANS.get, tokens))
+    parts = [_plain_span(text) for text in tokens] if None in found else cast(list[str], found)
+    marked = [i for i, act in enumerate(activations) if act]  # ~10% of a feature's tokens
+    if focus is not None and 0 <= focus < n and focus not in marked:
+        marked.append(focus)
+    for i in marked:
+        act = activations[i]
+        text = parts[i][_OPEN:_CLOSE]
+        if act > 0 and scale > 0:
+            x = N_SHADES * act / scale  # shade(act, scale), inlined
+            opener = _OPENERS[N_SHADES if x >= N_SHADES else math.ceil(x) or 1][i == focus]
+            parts[i] = f'{opener} data-act="{act:.3g}" tabindex="0">{text}</span>'
+        elif act:  # negative (a GELU neuron's), or no scale to shade by
+            parts[i] = f'{_OPENERS[0][i == focus]} data-act="{act:.3g}">{text}</span>'
+        else:  # the focus token, not firing
+            parts[i] = f'<span class="f">{text}</span>'
+    return "".join(parts)
 
 
 def token_spans(
     tokens: Sequence[str], activations: Sequence[float], scale: float, focus: int | None = None
 ) -> Markup:
-    """The <span>s of one token strip: shading class, activation in title (and data-act for the
-    tooltip, with tabindex so keyboards reach it), focus mark, the token's escaped display text.
+    """The <span>s of one token strip, each holding a token's escaped display text.
 
-    Built here rather than in a Jinja loop because a feature page holds ~1,200 tokens and this is
-    several times faster; most tokens of a sparse feature do not fire, so they take a shortcut.
-    Every token text goes through `escape`; the other values are numbers.
+    Most tokens of a sparse feature do not fire: theirs is a bare <span> (activation 0, which the
+    tooltip of /static/app.js shows). A firing token's span has its shading class aN, its
+    activation in data-act (for the tooltip) and tabindex so keyboards reach it; a token with a
+    negative activation (a GELU neuron's) has data-act only; the focus token has class f.
+
+    Built here rather than in a Jinja loop because a feature page holds ~2,000 tokens and this is
+    many times faster. Every token text goes through `escape`; the other values are numbers.
     """
-    parts = []
-    for i, (text, act) in enumerate(zip(tokens, activations, strict=False)):
-        if i != focus and (act <= 0 or scale <= 0):
-            parts.append(f'<span class="t act-0" title="{act:.3g}">{_escaped(text)}</span>')
-            continue
-        level = shade(act, scale)
-        value = f"{act:.3g}"
-        focus_class = " focus" if i == focus else ""
-        reachable = f' tabindex="0" data-act="{value}"' if level else ""
-        parts.append(
-            f'<span class="t act-{level}{focus_class}" title="{value}"{reachable}>{_escaped(text)}</span>'
+    return Markup(_strip(tokens, activations, scale, focus))
+
+
+def examples_html(examples: Iterable[ExampleOut], scale: float) -> Markup:
+    """The rows of a list of examples: a link to the example, its activation, its token strip.
+
+    A feature page has ~70 of them, built here because a Jinja macro per row cost more than the
+    row itself. The values other than the escaped token texts are numbers.
+    """
+    rows = []
+    for ex in examples:
+        ex_id = int(ex.id)
+        strip = _strip(ex.tokens, ex.activations, scale, ex.focus_position)
+        rows.append(
+            f'<div class="example" id="example-{ex_id}">'
+            f'<a class="example-link" href="#example-{ex_id}" aria-label="Link to example {ex_id}">#</a> '
+            f'<span class="example-act" title="activation on the focus token">{fmt_num(ex.max_activation)}</span> '
+            f'<span class="toks">{strip}</span></div>\n'
         )
-    return Markup("".join(parts))
+    return Markup("".join(rows))
 
 
 def fmt_num(value: float | None, digits: int = 3) -> str:
@@ -86,7 +135,7 @@ def build_templates() -> Jinja2Templates:
     env.trim_blocks = True
     env.lstrip_blocks = True
     env.filters.update(num=fmt_num, density=fmt_density, pct=fmt_pct, visible=visible)
-    env.globals.update(links=links, token_spans=token_spans)
+    env.globals.update(links=links, token_spans=token_spans, examples_html=examples_html)
     return templates
 
 

@@ -28,7 +28,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not session: Playwright's loop would block later asyncio.run calls
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         try:
@@ -73,7 +73,7 @@ def test_feature_page_renders_charts_tokens_and_tooltips(server: Server, page: P
     ).to_have_count(1)
     assert page.locator("[data-chart=chart-activations] .bars path").count() > 0  # the bars are drawn
 
-    strongest = page.locator(".example .t.act-10").first
+    strongest = page.locator(".example .toks > .a10").first
     expect(strongest).to_be_visible()
     background = strongest.evaluate("el => getComputedStyle(el).backgroundColor")
     assert background not in ("rgba(0, 0, 0, 0)", "transparent")  # the shading class applies
@@ -87,6 +87,18 @@ def test_feature_page_renders_charts_tokens_and_tooltips(server: Server, page: P
     expect(tooltip).to_be_hidden()
     strongest.focus()  # keyboards reach it too
     expect(tooltip).to_be_visible()
+    expect(tooltip).to_contain_text(f"activation {strongest.get_attribute('data-act')}")
+    strongest.evaluate("el => el.blur()")
+    expect(tooltip).to_be_hidden()
+
+    quiet = page.locator(".example .toks > span:not([class]):not([data-act])").first  # did not fire
+    assert quiet.get_attribute("tabindex") is None
+    assert quiet.evaluate("el => getComputedStyle(el).backgroundColor") in ("rgba(0, 0, 0, 0)", "transparent")
+    quiet.hover()
+    expect(tooltip).to_be_visible()
+    expect(tooltip).to_have_text(f"activation 0\ntoken {quiet.text_content()}")
+    focus = page.locator(".example .toks > .f").first  # the focus token is underlined
+    assert focus.evaluate("el => getComputedStyle(el).boxShadow") != "none"
 
     ARTIFACTS.mkdir(exist_ok=True)
     strongest.evaluate("el => el.blur()")
@@ -138,7 +150,7 @@ def test_inference_box(server: Server, page: Page) -> None:
     expect(page).to_have_url(re.compile(r"text=the\+cat"))
     expect(page.locator("table.per-token tbody tr").first).to_be_visible()
     assert page.locator("table.per-token tbody tr").count() > 3
-    expect(page.locator(".inference-strip .t").first).to_be_visible()
+    expect(page.locator(".inference-strip .toks > span").first).to_be_visible()
     page.locator("table.per-token tbody tr td a").first.click()
     expect(page.locator("h1")).to_have_text(re.compile(r"^Neuron \d+$"))
 
@@ -160,5 +172,5 @@ def test_hostile_text_stays_text(hostile_server: Server, page: Page) -> None:
     page.goto(f"{hostile_server.base_url}/runs/{HOSTILE_RUN}/features/0")
     expect(page.locator("h1")).to_have_text("Feature 0")
     expect(page.locator("p.label bdi")).to_have_text("<script>alert(1)</script>")
-    page.locator(".example .t[data-act]").first.hover()
+    page.locator(".example .toks > [data-act]").first.hover()
     assert page.dialogs == []  # type: ignore[attr-defined]

@@ -74,12 +74,41 @@ def test_feature_page_content(client: TestClient) -> None:
     )
     assert "automatic label" in html
     assert re.search(r'<div class="example" id="example-\d+">', html)
-    assert re.search(r'<span class="t act-(?:[1-9]|10)[^"]*" title="[0-9.e+-]+" tabindex="0" data-act=', html)
-    assert 'class="t act-0' in html
+    strips = re.findall(r'<span class="toks">((?:<span[^>]*>[^<]*</span>)+)</span>', html)
+    assert strips and html.count('<span class="toks">') == len(strips)  # every strip: token spans only
+    tokens = [span for strip in strips for span in re.findall(r"<span[^>]*>[^<]*</span>", strip)]
+    firing = re.compile(r'<span class="a(?:[1-9]|10)(?: f)?" data-act="[0-9.e+-]+" tabindex="0">[^<]*</span>')
+    assert any(firing.fullmatch(t) for t in tokens)  # shaded, its activation for the tooltip, focusable
+    assert any(re.fullmatch(r"<span>[^<]+</span>", t) for t in tokens)  # not firing: a bare span
+    assert all(firing.fullmatch(t) or re.fullmatch(r'<span(?: class="f")?>[^<]+</span>', t) for t in tokens)
+    assert sum('class="a' in t and " f" in t for t in tokens) >= 1  # the focus token is marked
     assert '<script type="application/json" id="chart-activations">' in html
     assert 'src="/static/vendor/plotly.min.js"' in html
     assert f'href="/runs/{SAE_RUN}/features/4"' in html and f'href="/runs/{SAE_RUN}/features/6"' in html
     assert "Interval 3" in html and html.index("Interval 3") < html.index("Interval 0")
+
+
+def test_token_strip_markup() -> None:
+    """A bare span for a token that does not fire; shading, activation and tabindex for one that
+    does; the activation alone for a negative one (a GELU neuron's); f for the focus token."""
+    from markupsafe import Markup
+
+    from app.templating import token_spans
+
+    strip = token_spans(["<b>", "·a", "b", "c", "&", "d"], [0.0, 2.0, -0.5, 0.0, 0.3, 1.1], 2.0, focus=3)
+    assert isinstance(strip, Markup)
+    assert strip == (
+        "<span>&lt;b&gt;</span>"
+        '<span class="a10" data-act="2" tabindex="0">·a</span>'
+        '<span data-act="-0.5">b</span>'
+        '<span class="f">c</span>'
+        '<span class="a2" data-act="0.3" tabindex="0">&amp;</span>'
+        '<span class="a6" data-act="1.1" tabindex="0">d</span>'
+    )
+    assert token_spans(["x", "y"], [0.0, 1.0], 1.0, focus=1) == (
+        '<span>x</span><span class="a10 f" data-act="1" tabindex="0">y</span>'
+    )
+    assert token_spans(["x", "y", "z"], [0.5, 0.0], 0.0) == '<span data-act="0.5">x</span><span>y</span>'
 
 
 def test_neuron_page_says_neuron(client: TestClient) -> None:
@@ -96,7 +125,11 @@ def test_search_page_shows_exact_token_text(client: TestClient) -> None:
 
 def test_inference_page(client: TestClient) -> None:
     html = client.get(f"/runs/{NEURON_RUN}/inference", params={"text": "the cat sat"}).text
-    assert "Top neurons per token" in html and 'class="t act-' in html
+    assert "Top neurons per token" in html
+    strip = re.search(r'<div class="example inference-strip"><span class="toks">(.*?)</span></div>', html)
+    assert strip, "the chosen neuron's strip over the text"
+    spans = re.findall(r"<span[^>]*>([^<]*)</span>", strip.group(1))
+    assert len(spans) >= 3 and "".join(spans) == "the·cat·sat"  # a span per token, spaces shown
     missing = client.get(f"/runs/{RUNNING_RUN}/inference", params={"text": "hi"})
     assert missing.status_code == 200 and "no artifacts" in missing.text
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from appdb import HOSTILE_RUN, XSS_PAYLOADS
 from fastapi.testclient import TestClient
@@ -31,6 +33,13 @@ def test_payloads_never_appear_unescaped(hostile_client: TestClient, path: str) 
 def test_payloads_are_shown_as_text(hostile_client: TestClient) -> None:
     html = hostile_client.get(f"/runs/{HOSTILE_RUN}/features/0").text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the label and the token, as text
+    strips = re.findall(r'<span class="toks">(.*?)</span></div>', html)
+    assert strips and html.count('<span class="toks">') == len(strips)
+    for strip in strips:  # every example starts with the payload tokens, each a span of text
+        spans = re.findall(r"<span[^>]*>[^<]*</span>", strip)
+        assert "".join(spans) == strip, strip
+        assert re.fullmatch(r"<span[^>]*>&lt;script&gt;alert\(1\)&lt;/script&gt;</span>", spans[0])
+        assert re.fullmatch(r"<span[^>]*>&#34;&gt;&lt;img·src=x·onerror=alert\(1\)&gt;</span>", spans[1])
     assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
     assert "&lt;U+202E&gt;evil&lt;U+202C&gt;" in html  # the RTL override cannot reorder the page
     assert "zero&lt;U+200B&gt;width" in html
