@@ -37,6 +37,7 @@ from sqlalchemy import Engine, bindparam, select
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.templating import STATIC_DIR, TEMPLATES_DIR
 from trainer.schema import Run, StoredPage
 
 # Browsers and proxies may keep a page but must ask (If-None-Match → 304) before reusing it,
@@ -50,19 +51,21 @@ APP_DIR = Path(__file__).resolve().parent
 
 
 def code_version(*directories: Path) -> str:
-    """A digest of the app's code and templates, so a deploy that changes pages changes ETags."""
+    """A digest of the app's code, templates and static files, so a deploy that changes what a
+    page shows changes ETags, stored pages' validity and the static files' URLs."""
     digest = hashlib.sha1()
     for directory in directories:
         for path in sorted(directory.rglob("*")):
-            if path.is_file() and path.suffix in (".py", ".html"):
+            if path.is_file() and path.suffix in (".py", ".html", ".css", ".js"):
                 digest.update(path.name.encode())
                 digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
 
 
-def app_version(templates_dir: Path) -> str:
-    """This app's code version: in every ETag, and what a stored page must have been rendered by."""
-    return code_version(APP_DIR, templates_dir)
+def app_version() -> str:
+    """This app's code version: in every ETag and static URL, and what a stored page must have
+    been rendered by."""
+    return code_version(APP_DIR, TEMPLATES_DIR, STATIC_DIR)
 
 
 _RUNS_QUERY = select(Run.id, Run.slug, Run.status, Run.completed_at)

@@ -25,7 +25,7 @@ from app.errors import install_error_handlers
 from app.routes import features, health, inference, runs, search
 from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
-from app.templating import STATIC_DIR, TEMPLATES_DIR, build_templates
+from app.templating import STATIC_DIR, build_templates
 from trainer.schema import DatabaseError, Run, check_schema_version, make_engine, read_schema_version
 
 PLOTLY_DIR = Path(plotly.__file__).resolve().parent / "package_data"
@@ -52,7 +52,7 @@ def warm_up(templates: Jinja2Templates, engine: Engine) -> None:
         templates.env.get_template(name)
     with Session(engine) as session:
         for run in session.scalars(
-            select(Run).where(Run.status == "complete").limit(queries._VOCAB_CACHE_RUNS)
+            select(Run).where(Run.status == "complete").limit(queries.VOCAB_CACHE_RUNS)
         ):
             queries.load_tokens(session, run, [0])
 
@@ -89,10 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.templates = build_templates()
+    app.state.app_version = app_version()
+    app.state.templates = build_templates(app.state.app_version)
     app.state.schema_version = None
     app.state.stored_pages = False
-    app.state.app_version = app_version(TEMPLATES_DIR)
     for module in (runs, features, search, inference, health):
         app.include_router(module.router)
     # The vendor mount comes first: Starlette matches mounts in order.

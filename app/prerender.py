@@ -27,7 +27,6 @@ from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
 from app.cache import app_version
-from app.templating import TEMPLATES_DIR
 from trainer.schema import Run, StoredPage, ensure_schema, make_engine, read_schema_version
 
 # Offline work, served many times: a stronger level than the live cache's (level 1) is worth it.
@@ -206,7 +205,7 @@ def prerender(
     engine = make_engine(db_url)
     try:
         ensure_schema(engine)  # an older database gains the stored_pages table
-        version = app_version(TEMPLATES_DIR)
+        version = app_version()
         n_runs, todo, skipped = _jobs(engine, slugs, version, force)
         chunks = [todo[i : i + CHUNK_PAGES] for i in range(0, len(todo), CHUNK_PAGES)]
         written = 0
@@ -221,7 +220,7 @@ def prerender(
 
 def runs_without_pages(engine: Engine) -> list[str]:
     """Slugs of complete runs with no page stored by this app version (their pages render live)."""
-    version = app_version(TEMPLATES_DIR)
+    version = app_version()
     with engine.connect() as conn:
         runs = conn.execute(select(Run.id, Run.slug).where(Run.status == "complete")).all()
         if (read_schema_version(engine) or 0) < 2:

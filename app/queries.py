@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, func, or_, select
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, func, select
 from sqlalchemy.orm import Session, defer
 
 from app import links
@@ -34,12 +34,8 @@ from app.models import (
     RunList,
     RunRef,
     RunSummary,
-    SearchHit,
-    SearchMode,
-    SearchResult,
     SortKey,
     SortOrder,
-    TokenMatch,
     TokenOut,
     TopToken,
 )
@@ -47,8 +43,6 @@ from trainer.schema import Example, Feature, Run, Token, TokenFeature, unpack_ac
 
 PAGE_SIZE_MAX = 200
 PAGE_SIZE_DEFAULT = 50
-SEARCH_TOKENS_MAX = 200  # vocabulary tokens a prefix search may expand to
-SEARCH_HITS_DEFAULT = 100
 
 # The only columns a feature list can be sorted by; the index breaks ties so pages are stable.
 SORT_COLUMNS: dict[str, Any] = {
@@ -112,7 +106,7 @@ class Vocabulary(NamedTuple):
 _VOCAB_CACHE: weakref.WeakKeyDictionary[Any, OrderedDict[tuple[int, str, str], Vocabulary]] = (
     weakref.WeakKeyDictionary()
 )
-_VOCAB_CACHE_RUNS = 8
+VOCAB_CACHE_RUNS = 8
 _vocab_lock = threading.Lock()
 
 
@@ -130,7 +124,7 @@ def _complete_vocabulary(session: Session, run: Run) -> Vocabulary:
     vocab = Vocabulary.of({row[0]: token_out(*row) for row in rows})
     with _vocab_lock:
         cache[key] = vocab
-        while len(cache) > _VOCAB_CACHE_RUNS:
+        while len(cache) > VOCAB_CACHE_RUNS:
             cache.popitem(last=False)
     return vocab
 
@@ -482,103 +476,3 @@ def feature_max_activation(session: Session, run_id: int, index: int) -> float |
     return session.execute(
         select(Feature.max_activation).where(Feature.run_id == run_id, Feature.index == index)
     ).scalar_one_or_none()
-
-
-# ----------------------------------------------------------------------------- search
-
-
-def search(
-    session: Session,
-    token: str | None,
-    mode: SearchMode = "exact",
-    run_slug: str | None = None,
-    limit: int = SEARCH_HITS_DEFAULT,
-) -> SearchResult:
-    """Features and neurons of complete runs that fire most on the tokens matching `token`."""
-    if run_slug is not None:
-        run = get_run(session, run_slug)
-        if run.status != "complete":
-            raise NotFoundError(f"Run {run_slug!r} is not complete yet ({run.status}).")
-    if not token:
-        return SearchResult(token=token, mode=mode, run=run_slug, matches=[], hits=[], truncated=False)
-
-    # Prefix search as a range on the indexed text column (LIKE would not use the index).
-    text_match = (
-        Token.text == token
-        if mode == "exact"
-        else and_(Token.text >= token, Token.text < token + "\U0010ffff")
-    )
-    run_match = Run.slug == run_slug if run_slug is not None else Run.status == "complete"
-    token_rows = session.execute(
-        select(Run.id, Run.slug, Token.token_id, Token.raw, Token.text, Token.display)
-        .join(Run, Run.id == Token.run_id)
-        .where(text_match, run_match)
-        .order_by(Token.text, Run.slug)
-        .limit(SEARCH_TOKENS_MAX)
-    ).all()
-    matches = [
-        TokenMatch(run=slug, token=token_out(tid, raw, text, display))
-        for _rid, slug, tid, raw, text, display in token_rows
-    ]
-    if not token_rows:
-        return SearchResult(token=token, mode=mode, run=run_slug, matches=[], hits=[], truncated=False)
-
-    by_key = {(row[0], row[2]): (row[1], m.token) for row, m in zip(token_rows, matches, strict=True)}
-    ids_by_run: dict[int, list[int]] = {}
-    for run_id, token_id in by_key:
-        ids_by_run.setdefault(run_id, []).append(token_id)
-    # One (run_id, token_id IN ...) term per run: each is a primary-key range, where a row-value
-    # IN over both columns would scan the whole table.
-    key_match = or_(
-        *(
-            and_(TokenFeature.run_id == run_id, TokenFeature.token_id.in_(ids))
-            for run_id, ids in ids_by_run.items()
-        )
-    )
-    hit_rows = session.execute(
-        select(
-            TokenFeature.run_id,
-            TokenFeature.token_id,
-            TokenFeature.feature_index,
-            TokenFeature.mean_activation,
-            TokenFeature.count,
-            Feature.label,
-            Feature.density,
-            Run.kind,
-        )
-        .join(Run, Run.id == TokenFeature.run_id)
-        .outerjoin(
-            Feature, and_(Feature.run_id == TokenFeature.run_id, Feature.index == TokenFeature.feature_index)
-        )
-        .where(key_match)
-        .order_by(TokenFeature.mean_activation.desc(), TokenFeature.run_id, TokenFeature.feature_index)
-        .limit(limit + 1)
-    ).all()
-    hits = []
-    for run_id, token_id, feature_index, mean_activation, count, label, density, kind in hit_rows[:limit]:
-        slug, token_model = by_key[(run_id, token_id)]
-        hits.append(
-            SearchHit(
-                run=slug,
-                kind=kind,
-                token=token_model,
-                feature_index=feature_index,
-                label=label or "",
-                density=density,
-                mean_activation=mean_activation,
-                count=count,
-                url=links.feature_url(slug, feature_index),
-            )
-        )
-    return SearchResult(
-        token=token,
-        mode=mode,
-        run=run_slug,
-        matches=matches,
-        hits=hits,
-        truncated=len(hit_rows) > limit or len(token_rows) >= SEARCH_TOKENS_MAX,
-    )
-
-
-def complete_run_slugs(session: Session) -> list[str]:
-    return list(session.scalars(select(Run.slug).where(Run.status == "complete").order_by(Run.slug)))

@@ -128,14 +128,22 @@ def fmt_pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
 
-def build_templates() -> Jinja2Templates:
+def build_templates(asset_version: str = "") -> Jinja2Templates:
+    """The pages' Jinja environment; `static_url` adds `asset_version` to the app's own static
+    files' URLs, so browsers fetch new CSS and JS with the pages that need them."""
+
+    def static_url(name: str) -> str:
+        return f"/static/{name}?v={asset_version}" if asset_version else f"/static/{name}"
+
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     env = templates.env
     env.autoescape = True
     env.trim_blocks = True
     env.lstrip_blocks = True
     env.filters.update(num=fmt_num, density=fmt_density, pct=fmt_pct, visible=visible)
-    env.globals.update(links=links, token_spans=token_spans, examples_html=examples_html)
+    env.globals.update(
+        links=links, token_spans=token_spans, examples_html=examples_html, static_url=static_url
+    )
     return templates
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from appdb import RUNNING_RUN, SAE_RUN
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app.cache import CachedPage, PageLRU, page_version
+from app.cache import CachedPage, PageLRU, code_version, page_version
 from app.main import create_app
 from app.settings import Settings
 from trainer.schema import Feature, make_engine
@@ -120,3 +121,16 @@ def test_lru_stays_within_its_bytes() -> None:
         pages.put(("v", str(i), b""), CachedPage([], b"x" * 300))
     assert pages.bytes <= 1000 and len(pages) == 3
     assert pages.get(("v", "9", b"")) is not None and pages.get(("v", "0", b"")) is None
+
+
+def test_code_version_follows_code_templates_and_static_files(tmp_path: Path) -> None:
+    for name in ("a.py", "b.html", "c.css", "d.js"):
+        (tmp_path / name).write_text("one")
+    before = code_version(tmp_path)
+    for name in ("a.py", "b.html", "c.css", "d.js"):
+        (tmp_path / name).write_text("two")
+        after = code_version(tmp_path)
+        assert after != before, name
+        before = after
+    (tmp_path / "notes.txt").write_text("not served")
+    assert code_version(tmp_path) == before

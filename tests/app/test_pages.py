@@ -140,3 +140,12 @@ def test_plotly_is_served_locally(client: TestClient) -> None:
     assert "max-age" in response.headers["cache-control"]
     for name in ("app.css", "app.js", "charts.js"):
         assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_own_static_files_are_linked_with_the_app_version(client: TestClient) -> None:
+    """A deploy that changes the CSS or JS changes their URLs, so no browser keeps the old ones."""
+    version = client.app.state.app_version  # type: ignore[attr-defined]
+    html = client.get(f"/runs/{SAE_RUN}/features/5").text
+    for name in ("app.css", "app.js", "charts.js"):
+        assert f'"/static/{name}?v={version}"' in html
+        assert client.get(f"/static/{name}?v={version}").status_code == 200
