@@ -255,23 +255,21 @@ def log_tail(log: Path, lines: int = 30) -> str:
 
 
 def start_server(db_url: str, workers: int, live: bool, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn on a free loopback port, as `monosemantic serve` runs it (app factory, N workers),
+    """`monosemantic serve` (uvicorn, N workers) on a free loopback port,
     its output to `log`; `live`: with MONOSEMANTIC_STORED_PAGES=0 (no pre-rendered pages), else
     the environment as it is."""
     port = free_port()
     command = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "app.main:create_app",
-        "--factory",
+        "trainer.cli",
+        "serve",
+        "--db",
+        db_url,
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
         "--workers",
         str(workers),
     ]

@@ -190,12 +190,11 @@ def _prerender(db_url: str | None, runs: list[str] | None, processes: int, force
     )
 
 
-def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> None:
+def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> int:
     """Serve the app; with several workers (default MONOSEMANTIC_WORKERS, else min(2, CPUs)) each
     process builds its own app from the environment, so the database URL travels in DATABASE_URL."""
-    import uvicorn
-
     from app.prerender import runs_without_pages
+    from app.server import serve
     from app.settings import Settings
     from trainer.schema import check_schema_version, make_engine
 
@@ -217,9 +216,7 @@ def _serve(db_url: str | None, host: str, port: int, workers: int | None = None)
         f"serving the feature browser at http://{host}:{port}/  ({workers} worker(s); Ctrl-C to stop)",
         flush=True,
     )
-    uvicorn.run(
-        "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="warning"
-    )
+    return serve(host, port, workers)
 
 
 def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file: str | None = None) -> None:
@@ -251,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
-            _serve(args.db, args.host, args.port, args.workers)
-            return 0
+            return _serve(args.db, args.host, args.port, args.workers)
         if args.command == "prerender":
             _prerender(args.db, args.runs, args.processes, args.force)
             return 0
@@ -263,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             print(f"demo finished; artifacts in {cfg.root}/, database {cfg.database_url}")
             if not args.no_serve:
-                _serve(cfg.database_url, args.host, args.port)
+                return _serve(cfg.database_url, args.host, args.port)
     except KNOWN_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -266,35 +266,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(db: FixtureDB) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(db: FixtureDB, workers: int = 2) -> tuple[subprocess.Popen[bytes], str]:
+    """`monosemantic serve` as a user runs it (several worker processes) on a free loopback port."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": db.url}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env=env,
-    )
+    command = [sys.executable, "-m", "trainer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen([*command, "--workers", str(workers)], cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {proc.returncode}")
+            raise RuntimeError(f"monosemantic serve exited with {proc.returncode}")
         try:
             if httpx.get(f"{base}/-/health", timeout=1).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError("uvicorn did not start within 30 s")
+    raise RuntimeError("monosemantic serve did not start within 30 s")
