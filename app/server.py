@@ -38,10 +38,12 @@ class NoDelayHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
 
 
-def _config(**options: Any) -> uvicorn.Config:
-    return uvicorn.Config(
-        APP, factory=True, loop=EVENT_LOOP, http=NoDelayHttpToolsProtocol, log_level="warning", **options
-    )
+UVICORN_OPTIONS: dict[str, Any] = {
+    "factory": True,
+    "loop": EVENT_LOOP,
+    "http": NoDelayHttpToolsProtocol,
+    "log_level": "warning",
+}
 
 
 def _address(host: str, port: int) -> tuple[socket.AddressFamily, Any]:
@@ -68,23 +70,14 @@ def _run_worker(host: str, port: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
-    uvicorn.Server(_config()).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(APP, **UVICORN_OPTIONS)).run(sockets=[sock])
 
 
 def serve(host: str, port: int, workers: int) -> int:
     """Serve until interrupted (Ctrl-C or SIGTERM); the exit code (non-zero if a worker failed).
     The database URL reaches the workers in DATABASE_URL, as `create_app` reads its settings."""
     if workers <= 1 or not hasattr(socket, "SO_REUSEPORT"):
-        uvicorn.run(
-            APP,
-            host=host,
-            port=port,
-            workers=workers,
-            factory=True,
-            loop=EVENT_LOOP,
-            http=NoDelayHttpToolsProtocol,
-            log_level="warning",
-        )
+        uvicorn.run(APP, host=host, port=port, workers=workers, **UVICORN_OPTIONS)
         return 0
     check_port_free(host, port)
     context = multiprocessing.get_context("spawn")
