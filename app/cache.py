@@ -43,7 +43,7 @@ from trainer.schema import Run, StoredPage
 # Browsers and proxies may keep a page but must ask (If-None-Match → 304) before reusing it,
 # since a slug can be re-pointed at a newer run.
 CACHE_CONTROL = b"public, no-cache"
-GZIP_LEVEL = 1  # 0.4 ms for a 95 kB feature page, 5.4x smaller; level 6 takes 1.1 ms for 20% less
+GZIP_LEVEL = 1  # 0.37 ms for an 80 kB feature page, 6.2x smaller; level 6: 0.86 ms for 20% less
 RunRow = tuple[int, str, str, str]  # id, slug, status, completed_at (as text)
 
 
