@@ -12,12 +12,9 @@ from pathlib import Path
 
 import plotly
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
-from starlette.responses import Response
-from starlette.types import Scope
 
 from app import queries
 from app.cache import ResponseCacheMiddleware, app_version
@@ -25,29 +22,18 @@ from app.errors import install_error_handlers
 from app.routes import features, health, inference, runs, search
 from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
+from app.static import CachedStaticFiles, gzipped_file
 from app.templating import STATIC_DIR, build_templates
 from trainer.schema import DatabaseError, Run, check_schema_version, make_engine, read_schema_version
 
 PLOTLY_DIR = Path(plotly.__file__).resolve().parent / "package_data"
 
 
-class CachedStaticFiles(StaticFiles):
-    """Static files with a Cache-Control header (plotly.min.js alone is several MB)."""
-
-    def __init__(self, *, directory: Path, max_age: int) -> None:
-        super().__init__(directory=directory)
-        self.cache_control = f"public, max-age={max_age}"
-
-    async def get_response(self, path: str, scope: Scope) -> Response:
-        response = await super().get_response(path, scope)
-        if response.status_code == 200:
-            response.headers["cache-control"] = self.cache_control
-        return response
-
-
 def warm_up(templates: Jinja2Templates, engine: Engine) -> None:
     """Do at startup what the first requests would otherwise all queue behind: compile every
-    template and load the vocabularies (every page's token texts) of the complete runs."""
+    template, load the vocabularies (every page's token texts) of the complete runs and gzip
+    the JavaScript every feature page loads."""
+    gzipped_file(PLOTLY_DIR / "plotly.min.js")
     for name in templates.env.list_templates(extensions=["html"]):
         templates.env.get_template(name)
     with Session(engine) as session:

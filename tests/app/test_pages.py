@@ -149,3 +149,19 @@ def test_own_static_files_are_linked_with_the_app_version(client: TestClient) ->
     for name in ("app.css", "app.js", "charts.js"):
         assert f'"/static/{name}?v={version}"' in html
         assert client.get(f"/static/{name}?v={version}").status_code == 200
+
+
+def test_static_files_are_gzipped_for_clients_that_accept_it(client: TestClient) -> None:
+    from app.main import PLOTLY_DIR
+
+    original = (PLOTLY_DIR / "plotly.min.js").read_bytes()
+    zipped = client.get("/static/vendor/plotly.min.js", headers={"accept-encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.content == original
+    assert int(zipped.headers["content-length"]) < len(original) / 2  # the bytes on the wire
+    plain = client.get("/static/vendor/plotly.min.js", headers={"accept-encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == original
+    assert plain.headers["vary"] == zipped.headers["vary"] == "Accept-Encoding"
+    again = client.get(
+        "/static/app.css", headers={"if-none-match": client.get("/static/app.css").headers["etag"]}
+    )
+    assert again.status_code == 304
