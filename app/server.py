@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import signal
 import socket
+import threading
+import time
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -26,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 APP = "app.main:create_app"
 EVENT_LOOP = "asyncio"
 STOP_SECONDS = 10  # a worker's grace period to finish its requests
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 class NoDelayHttpToolsProtocol(HttpToolsProtocol):
@@ -63,8 +67,17 @@ def check_port_free(host: str, port: int) -> None:
             raise OSError(f"cannot serve on {host}:{port}: {exc.strerror} (pick another --port)") from exc
 
 
-def _run_worker(host: str, port: int) -> None:
+def _stop_when_orphaned(parent_pid: int) -> None:
+    """Ask this worker to stop (SIGTERM) once its parent is gone, even if the parent was killed
+    with SIGKILL and could not stop it: an orphan would keep serving on the port."""
+    while os.getppid() == parent_pid:
+        time.sleep(ORPHAN_CHECK_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_worker(host: str, port: int, parent_pid: int) -> None:
     """One server process on its own SO_REUSEPORT socket."""
+    threading.Thread(target=_stop_when_orphaned, args=(parent_pid,), daemon=True).start()
     family, address = _address(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -82,7 +95,7 @@ def serve(host: str, port: int, workers: int) -> int:
     check_port_free(host, port)
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_run_worker, args=(host, port), name=f"monosemantic-worker-{i}")
+        context.Process(target=_run_worker, args=(host, port, os.getpid()), name=f"monosemantic-worker-{i}")
         for i in range(workers)
     ]
 

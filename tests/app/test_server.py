@@ -92,6 +92,21 @@ def test_two_workers_serve_and_stop_cleanly_on_sigterm(fixture_db: FixtureDB) ->
             proc.kill()
 
 
+def test_workers_stop_when_the_server_is_killed(fixture_db: FixtureDB) -> None:
+    """SIGKILL leaves the parent no chance to stop its workers: they notice and stop themselves."""
+    proc, base = start_server(fixture_db, workers=2)
+    children = workers_of(proc.pid)
+    assert len(children) == 2
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in children):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children), "orphaned workers still running"
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{base}/-/health", timeout=2)
+
+
 def test_second_server_on_the_same_port_is_refused(fixture_db: FixtureDB) -> None:
     proc, base = start_server(fixture_db, workers=2)
     try:
