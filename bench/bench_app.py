@@ -66,6 +66,7 @@ from trainer.schema import (
     make_engine,
     pack_activations,
     pack_token_ids,
+    token_text,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,8 +118,8 @@ def build_demo_db(path: Path, n_features: int = 4096, vocab: int = 4096, seed: i
                         "run_id": run.id,
                         "token_id": i,
                         "raw": raw,
-                        "text": raw.decode("utf-8", "replace"),
-                        "display": display_token(raw.decode("utf-8", "replace")),
+                        "text": token_text(raw),
+                        "display": display_token(token_text(raw)),
                     }
                     for i, raw in enumerate(raws)
                 ],

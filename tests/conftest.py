@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +108,12 @@ def _create_database(server_url: str) -> str:
 def postgres_url(postgres_server: str) -> str:
     """A PostgreSQL database for the session, as a SQLAlchemy URL (postgresql+psycopg://...)."""
     return _create_database(postgres_server)
+
+
+@pytest.fixture(scope="session")
+def new_postgres_database(postgres_server: str) -> Callable[[], str]:
+    """A maker of fresh, empty PostgreSQL databases on the session's server."""
+    return lambda: _create_database(postgres_server)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

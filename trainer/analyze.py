@@ -43,6 +43,7 @@ from trainer.schema import (
     Token,
     TokenFeature,
     display_token,
+    token_text,
 )
 from trainer.store import insert_rows, open_database, pending_run, update_run
 
@@ -227,7 +228,7 @@ def analyze_run(
 def token_rows(token_bytes: list[bytes]) -> list[dict[str, Any]]:
     rows = []
     for token_id, raw in enumerate(token_bytes):
-        text = raw.decode("utf-8", "replace")
+        text = token_text(raw)
         rows.append({"token_id": token_id, "raw": raw, "text": text, "display": display_token(text)})
     return rows
 

@@ -220,11 +220,17 @@ def unpack_activations(blob: bytes) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- tokens
 
-_VISIBLE = {" ": "\u00b7", "\n": "\u21b5", "\t": "\u2192", "\r": "\u240d"}
+_VISIBLE = {" ": "\u00b7", "\n": "\u21b5", "\t": "\u2192", "\r": "\u240d", "\x00": "\u2400"}
+
+
+def token_text(raw: bytes) -> str:
+    """A token's text as stored (`Token.text`): its bytes decoded as UTF-8 with replacement, NUL
+    written as \u2400 (PostgreSQL text cannot hold NUL; the exact bytes stay in `Token.raw`)."""
+    return raw.decode("utf-8", "replace").replace("\x00", "\u2400")
 
 
 def display_token(text: str) -> str:
-    """A token's text with spaces, newlines and tabs made visible (· ↵ →)."""
+    """A token's text with spaces, newlines, tabs and NUL made visible (· ↵ → ␀)."""
     return "".join(_VISIBLE.get(ch, ch) for ch in text)
 
 

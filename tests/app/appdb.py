@@ -33,6 +33,7 @@ from trainer.schema import (
     make_engine,
     pack_activations,
     pack_token_ids,
+    token_text,
 )
 from trainer.tokenizer import token_bytes, train_tokenizer
 
@@ -72,7 +73,7 @@ class FixtureDB:
 def _vocab_rows(run_id: int, raws: list[bytes]) -> list[Token]:
     rows = []
     for token_id, raw in enumerate(raws):
-        text = raw.decode("utf-8", errors="replace")
+        text = token_text(raw)
         rows.append(Token(run_id=run_id, token_id=token_id, raw=raw, text=text, display=display_token(text)))
     return rows
 
@@ -202,10 +203,11 @@ def build_artifacts(root: Path) -> tuple[list[bytes], int, np.ndarray]:
     return token_bytes(tokenizer), vocab, stream
 
 
-def build_fixture_db(directory: Path) -> FixtureDB:
+def build_fixture_db(directory: Path, url: str | None = None) -> FixtureDB:
+    """The fixture runs in `url` (default: SQLite at directory/fixture.db), artifacts in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "fixture.db"
-    url = f"sqlite:///{path}"
+    url = url or f"sqlite:///{path}"
     artifacts = directory / "artifacts"
     raws, vocab, stream = build_artifacts(artifacts)
     assert b" the" in raws and b"the" in raws and b"\n" in raws, (

@@ -36,7 +36,8 @@ from trainer.store import PENDING_MARK, complete_runs, open_database
 sys.path.insert(0, str(Path(__file__).parent))
 from test_analyze import D_SAE, VOCAB, small_config, tiny_setup  # noqa: E402
 
-TOKEN_BYTES = [bytes([32 + i]) for i in range(VOCAB)]
+# A NUL byte token, as every byte-level BPE vocabulary has: PostgreSQL text cannot hold NUL.
+TOKEN_BYTES = [b"\x00"] + [bytes([32 + i]) for i in range(VOCAB - 1)]
 
 
 def run_config(tmp_path: Path, **analysis: Any) -> RunConfig:
@@ -199,7 +200,7 @@ def test_neurons_are_stored_as_their_own_run(db_url: str, tmp_path: Path) -> Non
     with engine.connect() as conn:
         kind, slug, n = conn.execute(select(Run.kind, Run.slug, Run.n_features).where(Run.id == run_id)).one()
         token = conn.execute(
-            select(Token.raw, Token.text, Token.display).where(Token.run_id == run_id, Token.token_id == 0)
+            select(Token.raw, Token.text, Token.display).where(Token.run_id == run_id, Token.token_id == 1)
         ).one()
     assert (kind, n, slug) == ("neurons", 64, f"{tmp_path.name}-neurons")
     assert tuple(token) == (b" ", " ", "\u00b7")
@@ -243,6 +244,17 @@ def test_mismatched_sae_is_refused_before_writing(tmp_path: Path) -> None:
 def test_unreachable_databases_raise_database_error(url: str, tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="cannot open database"):
         store(url, tmp_path)
+
+
+def test_nul_byte_token_is_stored_with_its_exact_bytes(db_url: str, tmp_path: Path) -> None:
+    store(db_url, tmp_path)
+    engine = open_database(db_url)
+    with engine.connect() as conn:
+        raw, text, display = conn.execute(
+            select(Token.raw, Token.text, Token.display).where(Token.token_id == 0)
+        ).one()
+    engine.dispose()
+    assert (bytes(raw), text, display) == (b"\x00", "\u2400", "\u2400")
 
 
 def test_analysis_config_fields_round_trip() -> None:
