@@ -35,6 +35,10 @@ def inference_url(slug: str, api: bool = False, **params: QueryValue) -> str:
     return f"{run_url(slug, api)}/inference" + _query(params)
 
 
+def steer_url(slug: str, api: bool = False, **params: QueryValue) -> str:
+    return f"{run_url(slug, api)}/steer" + _query(params)
+
+
 def api_twin(path: str, query: str = "") -> str:
     """The JSON twin of an HTML page's path (the front page's twin is /api/runs)."""
     twin = f"{API}/runs" if path == "/" else f"{API}{path}"

@@ -224,6 +224,39 @@ class InferenceResult(BaseModel):
     feature_max: float | None
 
 
+class NextTokenOut(BaseModel):
+    token: TokenOut
+    logit: float
+    probability: float
+
+
+class SteeredContinuation(BaseModel):
+    pinned: bool
+    tokens: list[TokenOut] = Field(description="The generated tokens (greedy).")
+    text: str = Field(description="The generated tokens decoded.")
+    next_tokens: list[NextTokenOut] = Field(description="The top next tokens at the last prompt position.")
+
+
+class SteerResult(BaseModel):
+    run: RunRef
+    text: str
+    feature: int | None
+    feature_label: str | None
+    feature_max: float | None
+    value: float | None = Field(description="The value the feature is pinned to at every position.")
+    value_is_default: bool
+    default_multiple: float = Field(description="The default value is this multiple of the max activation.")
+    n_tokens: int
+    available: bool
+    message: str | None
+    truncated: bool = Field(description="The prompt is longer than the context: the model saw its end.")
+    n_ctx: int | None
+    activation: float | None = Field(description="The feature's own activation at the last prompt token.")
+    prompt: list[TokenOut]
+    unpinned: SteeredContinuation | None
+    pinned: SteeredContinuation | None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     schema_version: int | None

@@ -1,0 +1,152 @@
+"""Pin a feature while the model writes: greedy continuations of a prompt with and without it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BeforeValidator, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from app import inference, queries, steering
+from app.deps import SessionDep
+from app.models import NextTokenOut, SteeredContinuation, SteerResult, TokenOut, blank_is_none
+from app.routes.inference import TEXT_MAX_CHARS
+from app.routes.runs import RunSlug
+from app.templating import render
+
+router = APIRouter(tags=["steering"])
+
+VALUE_MAX = 1000.0
+TOKENS_MAX = 64
+TOKENS_DEFAULT = 24
+DEFAULT_MULTIPLE = 5.0  # the default pin: this many times the feature's max activation
+
+TextQuery = Annotated[
+    str | None,
+    Query(max_length=TEXT_MAX_CHARS, description="The prompt (the model reads its last n_ctx tokens)."),
+]
+FeatureQuery = Annotated[
+    Annotated[int, Field(ge=0, le=100_000_000)] | None,
+    BeforeValidator(blank_is_none),
+    Query(description="The feature (or neuron) to pin."),
+]
+ValueQuery = Annotated[
+    Annotated[float, Field(ge=-VALUE_MAX, le=VALUE_MAX)] | None,
+    BeforeValidator(blank_is_none),
+    Query(description=f"The value to pin the feature to; default {DEFAULT_MULTIPLE:g}× its max activation."),
+]
+TokensQuery = Annotated[int, Query(ge=1, le=TOKENS_MAX, description="How many tokens to generate.")]
+
+
+def _default_value(feature_max: float | None) -> float:
+    """DEFAULT_MULTIPLE × the max activation (× 1 if the feature never fired), within bounds."""
+    scale = feature_max if feature_max is not None and feature_max > 0 else 1.0
+    return min(DEFAULT_MULTIPLE * scale, VALUE_MAX)
+
+
+def _continuation(
+    result: steering.Continuation, tokens: dict[int, TokenOut], pinned: bool
+) -> SteeredContinuation:
+    return SteeredContinuation(
+        pinned=pinned,
+        tokens=[tokens[t] for t in result.token_ids],
+        text=result.text,
+        next_tokens=[
+            NextTokenOut(token=tokens[n.token_id], logit=n.logit, probability=n.probability)
+            for n in result.next_tokens
+        ],
+    )
+
+
+async def _steer(
+    session: SessionDep, run: str, text: str | None, feature: int | None, value: float | None, n_tokens: int
+) -> SteerResult:
+    record = queries.get_run(session, run)
+    if feature is not None and feature >= record.n_features:
+        raise queries.NotFoundError(f"Run {run!r} has no feature {feature} (it has {record.n_features}).")
+    feature_max = queries.feature_max_activation(session, record.id, feature) if feature is not None else None
+    value_is_default = value is None and feature is not None
+    if value is None and feature is not None:
+        value = _default_value(feature_max)
+    empty = SteerResult(
+        run=queries.run_ref(record),
+        text=text or "",
+        feature=feature,
+        feature_label=queries.feature_labels(session, record.id, [feature]).get(feature)
+        if feature is not None
+        else None,
+        feature_max=feature_max,
+        value=value,
+        value_is_default=value_is_default,
+        default_multiple=DEFAULT_MULTIPLE,
+        n_tokens=n_tokens,
+        available=True,
+        message=None,
+        truncated=False,
+        n_ctx=None,
+        activation=None,
+        prompt=[],
+        unpinned=None,
+        pinned=None,
+    )
+    try:
+        # Loading (first use) and generation are CPU work: keep them off the event loop.
+        loaded = await run_in_threadpool(
+            inference.load_artifacts, record.kind, record.artifacts_path, record.sae_path
+        )
+    except inference.ArtifactsUnavailable as exc:
+        return empty.model_copy(update={"available": False, "message": str(exc)})
+    empty = empty.model_copy(update={"n_ctx": loaded.n_ctx})
+    if not text or feature is None or value is None:
+        return empty
+    result = await run_in_threadpool(steering.steer, loaded, text, feature, value, n_tokens)
+    if result is None:
+        return empty
+    ids = [*result.prompt_ids, *result.unpinned.token_ids, *result.pinned.token_ids]
+    ids += [n.token_id for c in (result.unpinned, result.pinned) for n in c.next_tokens]
+    tokens = queries.load_tokens(session, record, ids)
+    return empty.model_copy(
+        update={
+            "message": f"The prompt is longer than the model's context: it read the last {loaded.n_ctx} tokens."
+            if result.truncated
+            else None,
+            "truncated": result.truncated,
+            "activation": result.activation,
+            "prompt": [tokens[t] for t in result.prompt_ids],
+            "unpinned": _continuation(result.unpinned, tokens, pinned=False),
+            "pinned": _continuation(result.pinned, tokens, pinned=True),
+        }
+    )
+
+
+@router.get("/api/runs/{run}/steer", response_model=SteerResult)
+async def run_steer(
+    session: SessionDep,
+    run: RunSlug,
+    text: TextQuery = None,
+    feature: FeatureQuery = None,
+    value: ValueQuery = None,
+    tokens: TokensQuery = TOKENS_DEFAULT,
+) -> SteerResult:
+    """Greedy continuations of `text` as the model writes it and with `feature` pinned to `value`."""
+    return await _steer(session, run, text, feature, value, tokens)
+
+
+@router.get("/runs/{run}/steer", include_in_schema=False)
+async def show_steer(
+    request: Request,
+    session: SessionDep,
+    run: RunSlug,
+    text: TextQuery = None,
+    feature: FeatureQuery = None,
+    value: ValueQuery = None,
+    tokens: TokensQuery = TOKENS_DEFAULT,
+) -> Response:
+    data = await _steer(session, run, text, feature, value, tokens)
+    return render(
+        request,
+        "steer.html",
+        {"data": data, "text_max_chars": TEXT_MAX_CHARS, "value_max": VALUE_MAX, "tokens_max": TOKENS_MAX},
+    )

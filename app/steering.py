@@ -1,0 +1,115 @@
+"""Pin one feature while the model writes: the paper's "downstream effect" experiment.
+
+Greedy continuations of a prompt, once as the model writes it and once with one feature (or,
+for a 'neurons' run, one neuron) held at a fixed value at every position, prompt and generated.
+For an 'sae' run the MLP activations x become x + (value − f_i(x))·W_dec[i]: only feature i
+changes, the SAE's reconstruction error is kept, and value = f_i(x) changes nothing.
+Contexts longer than the model's n_ctx lose their oldest tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from app.inference import Artifacts
+
+if TYPE_CHECKING:
+    import torch
+
+TOP_NEXT = 10
+
+
+@dataclass(frozen=True)
+class NextToken:
+    token_id: int
+    logit: float
+    probability: float
+
+
+@dataclass(frozen=True)
+class Continuation:
+    token_ids: list[int]  # the generated tokens only
+    text: str  # the generated tokens decoded
+    next_tokens: list[NextToken]  # the top next tokens at the last prompt position
+
+
+@dataclass(frozen=True)
+class Steering:
+    prompt_ids: list[int]
+    truncated: bool  # the prompt is longer than the context: the model saw its last n_ctx tokens
+    activation: float  # the feature's own activation at the last prompt position (unpinned)
+    unpinned: Continuation
+    pinned: Continuation
+
+
+def pin_feature(x: torch.Tensor, sae: Any, index: int, value: float) -> torch.Tensor:
+    """MLP activations x [..., d_in] with SAE feature `index` moved to `value` and nothing else
+    changed: x + (value − f_i(x))·W_dec[i]."""
+    f_i: torch.Tensor = sae.encode(x.reshape(-1, x.shape[-1]).float())[:, index].reshape(x.shape[:-1])
+    direction: torch.Tensor = sae.W_dec[index]
+    return x + (value - f_i).unsqueeze(-1).to(x.dtype) * direction.to(x.dtype)
+
+
+def pin_neuron(x: torch.Tensor, index: int, value: float) -> torch.Tensor:
+    """MLP activations x [..., d_mlp] with neuron `index` set to `value`."""
+    pinned = x.clone()
+    pinned[..., index] = value
+    return pinned
+
+
+def _top_next(logits: torch.Tensor, k: int) -> list[NextToken]:
+    import torch
+
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    top = torch.topk(logits.float(), min(k, logits.shape[-1]))
+    return [
+        NextToken(token_id=int(i), logit=float(v), probability=float(probabilities[i]))
+        for v, i in zip(top.values, top.indices, strict=True)
+    ]
+
+
+def _generate(
+    artifacts: Artifacts, prompt_ids: list[int], n_tokens: int, replacement: Any, k: int
+) -> Continuation:
+    import torch
+
+    ids = list(prompt_ids)
+    next_tokens: list[NextToken] = []
+    for step in range(n_tokens):
+        idx = torch.tensor([ids[-artifacts.n_ctx :]], dtype=torch.long)
+        logits = artifacts.model(idx, mlp_replacement=replacement).logits[0, -1]
+        if step == 0:
+            next_tokens = _top_next(logits, k)
+        ids.append(int(torch.argmax(logits)))
+    generated = ids[len(prompt_ids) :]
+    text = artifacts.tokenizer.decode(generated, skip_special_tokens=False)
+    return Continuation(token_ids=generated, text=text, next_tokens=next_tokens)
+
+
+def steer(
+    artifacts: Artifacts, text: str, feature: int, value: float, n_tokens: int, k: int = TOP_NEXT
+) -> Steering | None:
+    """Greedy continuations of `text` without and with `feature` pinned to `value`; None if the
+    text has no tokens."""
+    import torch
+
+    prompt_ids: list[int] = list(artifacts.tokenizer.encode(text).ids)
+    if not prompt_ids:
+        return None
+    sae = artifacts.sae
+
+    def replacement(x: torch.Tensor) -> torch.Tensor:
+        return pin_feature(x, sae, feature, value) if sae is not None else pin_neuron(x, feature, value)
+
+    with torch.no_grad():
+        last = torch.tensor([prompt_ids[-artifacts.n_ctx :]], dtype=torch.long)
+        mlp = artifacts.model.mlp_activations(last)[0, -1:].float()
+        activation = float((sae.encode(mlp) if sae is not None else mlp)[0, feature])
+        return Steering(
+            prompt_ids=prompt_ids,
+            truncated=len(prompt_ids) > artifacts.n_ctx,
+            activation=activation,
+            unpinned=_generate(artifacts, prompt_ids, n_tokens, None, k),
+            pinned=_generate(artifacts, prompt_ids, n_tokens, replacement, k),
+        )
