@@ -6,9 +6,10 @@ plotly.min.js, so no script is inline and nothing comes from a CDN.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from app.models import Histogram
+from app.models import Histogram, MapPoint
 
 Spec = dict[str, Any]
 
@@ -94,6 +95,42 @@ def density_histogram(hist: Histogram) -> Spec | None:
     return {
         "data": [_bars(hist, "#2471a3", "features")],
         "layout": _layout("log₁₀ feature density", "features"),
+    }
+
+
+MAP_LABEL_CHARS = 60
+
+
+def feature_map(points: list[MapPoint], unit: str, link: str) -> Spec | None:
+    """The run's feature map: a point per feature, coloured by log10 density; hover names it and
+    a click opens it (`link` has `{index}` for the index: /static/charts.js follows it)."""
+    if not points:
+        return None
+    densities = [p.density for p in points]
+    floor = min((d for d in densities if d > 0), default=1e-9)
+    return {
+        "data": [
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "x": [round(p.x, 3) for p in points],
+                "y": [round(p.y, 3) for p in points],
+                "customdata": [p.index for p in points],
+                "text": [f"{unit} {p.index}: {p.label[:MAP_LABEL_CHARS]}" for p in points],
+                "hovertemplate": "%{text}<extra></extra>",
+                "marker": {
+                    "size": 5,
+                    "color": [round(math.log10(max(d, floor)), 2) for d in densities],
+                    "colorscale": "Viridis",
+                    "colorbar": {"title": {"text": "log₁₀ density"}, "thickness": 12},
+                    "opacity": 0.8,
+                },
+            }
+        ],
+        "layout": _layout(
+            "", "", height=520, xaxis={"visible": False}, yaxis={"visible": False}, hovermode="closest"
+        ),
+        "link": link,
     }
 
 

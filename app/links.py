@@ -27,6 +27,11 @@ def feature_url(slug: str, index: int, api: bool = False, example: int | None = 
     return f"{run_url(slug, api)}/features/{index}{fragment}"
 
 
+def feature_url_template(slug: str) -> str:
+    """A feature's URL with `{index}` in place of its index (filled in by the page's script)."""
+    return f"{run_url(slug)}/features/{{index}}"
+
+
 def search_url(api: bool = False, **params: QueryValue) -> str:
     return f"{API if api else ''}/search" + _query(params)
 

@@ -87,6 +87,14 @@ class FeatureList(BaseModel):
     filters: FeatureListFilters
 
 
+class MapPoint(BaseModel):
+    index: int
+    x: float
+    y: float
+    label: str
+    density: float
+
+
 class RunDetail(BaseModel):
     run: RunSummary
     error: str | None
@@ -96,6 +104,11 @@ class RunDetail(BaseModel):
     training_log: dict[str, Any]
     corpus_manifest: dict[str, Any]
     features: FeatureList
+    feature_map: list[MapPoint] = Field(
+        default_factory=list,
+        description="Every feature's place on the run's map (UMAP of the feature directions, as in "
+        "the paper): related features sit together. Empty if the run has no map.",
+    )
 
 
 class RunRef(BaseModel):

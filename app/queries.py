@@ -29,6 +29,7 @@ from app.models import (
     Histogram,
     IntervalBand,
     LogitEntry,
+    MapPoint,
     Neighbour,
     RunDetail,
     RunList,
@@ -39,7 +40,16 @@ from app.models import (
     TokenOut,
     TopToken,
 )
-from trainer.schema import Example, Feature, Run, Token, TokenFeature, unpack_activations, unpack_token_ids
+from trainer.schema import (
+    Example,
+    Feature,
+    Run,
+    SchemaInfo,
+    Token,
+    TokenFeature,
+    unpack_activations,
+    unpack_token_ids,
+)
 
 PAGE_SIZE_MAX = 200
 PAGE_SIZE_DEFAULT = 50
@@ -238,6 +248,23 @@ def _histogram(data: dict[str, Any] | None) -> Histogram:
     )
 
 
+def feature_map(session: Session, run: Run) -> list[MapPoint]:
+    """The run's feature map, by index; empty for a run without one or a database from before
+    maps (schema < 3, which the read-only app does not migrate)."""
+    if (session.scalar(select(SchemaInfo.version)) or 0) < 3:
+        return []
+    rows = session.execute(
+        select(Feature.index, Feature.map_x, Feature.map_y, Feature.label, Feature.density)
+        .where(Feature.run_id == run.id, Feature.map_x.is_not(None), Feature.map_y.is_not(None))
+        .order_by(Feature.index)
+    ).all()
+    return [
+        MapPoint(index=i, x=x, y=y, label=label, density=density)
+        for i, x, y, label, density in rows
+        if x is not None and y is not None
+    ]
+
+
 def run_detail(session: Session, run: Run, features: FeatureList) -> RunDetail:
     return RunDetail(
         run=run_summary(run),
@@ -248,6 +275,7 @@ def run_detail(session: Session, run: Run, features: FeatureList) -> RunDetail:
         training_log=run.training_log or {},
         corpus_manifest=run.corpus_manifest or {},
         features=features,
+        feature_map=feature_map(session, run),
     )
 
 
@@ -329,8 +357,10 @@ def _ids(entries: Sequence[Any], key: str = "token_id") -> list[int]:
 _features, _examples = Feature.__table__, Example.__table__
 _RUN_ID: BindParameter[int] = bindparam("run_id")
 _INDEX: BindParameter[int] = bindparam("index")
+# Columns the page shows; not the map's (a database from before maps has none: schema < 3).
+_FEATURE_PAGE_COLUMNS = [c for c in _features.c if c.name not in ("map_x", "map_y")]
 _FEATURE_QUERY = select(
-    _features,
+    *_FEATURE_PAGE_COLUMNS,
     select(func.max(_features.c.index))
     .where(_features.c.run_id == _RUN_ID, _features.c.index < _INDEX)
     .scalar_subquery()

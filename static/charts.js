@@ -9,6 +9,15 @@
       if (!source) continue;
       const spec = JSON.parse(source.textContent);
       Plotly.newPlot(el, spec.data, spec.layout, { displayModeBar: false, responsive: true });
+      // A map's points open their page: spec.link holds the URL with {index} for the point's index.
+      if (spec.link) {
+        el.on("plotly_click", function (event) {
+          const point = event.points && event.points[0];
+          if (point && Number.isInteger(point.customdata)) {
+            window.location.href = spec.link.replace("{index}", String(point.customdata));
+          }
+        });
+      }
     }
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", draw);

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from trainer.analysis.feature_map import feature_map
 from trainer.analysis.rows import (
     concat_windows,
     density_histogram,
@@ -206,6 +207,12 @@ def analyze_run(
         )
         token_features = token_feature_rows(stats, cfg.n_token_features)
         timings["summaries"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        coordinates = feature_map(basis.neighbour_vectors, cfg.seed)
+        if coordinates is not None:
+            for row, (x, y) in zip(features, coordinates.tolist(), strict=True):
+                row["map_x"], row["map_y"] = x, y
+        timings["map"] = time.perf_counter() - t0
     finally:
         model.train(was_training)
         if isinstance(encoder_module, torch.nn.Module):

@@ -30,6 +30,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -37,7 +38,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
@@ -129,6 +130,9 @@ class Feature(Base):
     logit_histogram: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # [{"index": int, "cosine": float}] nearest other features by decoder cosine similarity.
     neighbours: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    # Position on the run's feature map (UMAP of feature directions); None if the run has none.
+    map_x: Mapped[float | None] = mapped_column(Float, default=None)
+    map_y: Mapped[float | None] = mapped_column(Float, default=None)
 
     run: Mapped[Run] = relationship(back_populates="features")
 
@@ -286,7 +290,14 @@ def _add_stored_pages(conn: Connection) -> None:
     StoredPage.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_stored_pages}
+def _add_feature_map(conn: Connection) -> None:
+    present = {column["name"] for column in inspect(conn).get_columns(Feature.__tablename__)}
+    for column in ("map_x", "map_y"):
+        if column not in present:
+            conn.execute(text(f"ALTER TABLE {Feature.__tablename__} ADD COLUMN {column} FLOAT"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_stored_pages, 2: _add_feature_map}
 
 
 def read_schema_version(engine: Engine) -> int | None:

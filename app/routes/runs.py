@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator
 from starlette.responses import Response
 
-from app import charts, queries
+from app import charts, links, queries
 from app.deps import SessionDep
 from app.models import FeatureListFilters, RunDetail, RunList, SortKey, SortOrder, blank_is_none
 from app.templating import render
@@ -87,5 +87,10 @@ async def show_run(
         "view": view,
         "density_chart": charts.density_histogram(data.density_histogram),
         "training_charts": charts.training_curves(data.training_log),
+        "map_chart": charts.feature_map(
+            data.feature_map,
+            "neuron" if data.run.kind == "neurons" else "feature",
+            links.feature_url_template(data.run.slug),
+        ),
     }
     return render(request, "run.html", context)

@@ -17,7 +17,7 @@ from app.main import create_app
 from app.prerender import PrerenderError, prerender, run_page_paths, runs_without_pages
 from app.settings import Settings
 from trainer.cli import main
-from trainer.schema import SchemaInfo, StoredPage, make_engine
+from trainer.schema import SCHEMA_VERSION, SchemaInfo, StoredPage, make_engine
 from trainer.store import pending_run
 
 FEATURE = f"/runs/{SAE_RUN}/features/5"
@@ -170,7 +170,7 @@ def test_a_database_from_before_stored_pages_is_served_and_upgraded(writable_db:
     assert runs_without_pages(engine) == [NEURON_RUN, SAE_RUN]
     prerender(writable_db, slugs=[SAE_RUN], processes=1, progress=False)
     with Session(engine) as session:
-        assert session.scalar(select(SchemaInfo.version)) == 2
+        assert session.scalar(select(SchemaInfo.version)) == SCHEMA_VERSION
     engine.dispose()
     with client_for(writable_db) as client:
         assert client.get(FEATURE).headers["x-cache"] == "store"
@@ -191,3 +191,17 @@ def test_cli_prerender(writable_db: str, capsys: pytest.CaptureFixture[str]) -> 
     assert f"{PAGES_PER_RUN[NEURON_RUN]} pages of 1 run(s) stored" in capsys.readouterr().out
     assert main(["prerender", "--db", "sqlite:////nonexistent/x.db"]) == 2
     assert "no database at /nonexistent/x.db" in capsys.readouterr().err
+
+
+def test_a_database_from_before_feature_maps_is_served_without_one(writable_db: str) -> None:
+    engine = make_engine(writable_db)
+    with engine.begin() as conn:  # schema version 2: no map columns
+        conn.execute(text("ALTER TABLE features DROP COLUMN map_x"))
+        conn.execute(text("ALTER TABLE features DROP COLUMN map_y"))
+        conn.execute(update(SchemaInfo).values(version=2))
+    engine.dispose()
+    with client_for(writable_db) as client:
+        detail = client.get(f"/api/runs/{SAE_RUN}")
+        assert detail.status_code == 200 and detail.json()["feature_map"] == []
+        assert client.get(f"/runs/{SAE_RUN}").status_code == 200
+        assert client.get(FEATURE).status_code == 200

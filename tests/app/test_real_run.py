@@ -43,6 +43,21 @@ def test_run_page_and_its_twin(real_client: TestClient, runs: dict[str, dict[str
 
 
 @pytest.mark.parametrize("kind", ["sae", "neurons"])
+def test_run_page_has_its_feature_map(
+    real_client: TestClient, runs: dict[str, dict[str, Any]], kind: str
+) -> None:
+    """Every feature (or neuron) has a place on the map, drawn on the run page with a link to it."""
+    run = runs[kind]
+    points = real_client.get(run["api_url"]).json()["feature_map"]
+    assert [p["index"] for p in points] == list(range(run["n_features"]))
+    assert len({(p["x"], p["y"]) for p in points}) > run["n_features"] // 2  # spread out, not one spot
+    page = real_client.get(run["url"]).text
+    spec = re.search(r'<script type="application/json" id="chart-map">(.*?)</script>', page, re.S)
+    assert spec, "the map's chart data block"
+    assert f'"link": "{run["url"]}/features/{{index}}"' in spec.group(1)
+
+
+@pytest.mark.parametrize("kind", ["sae", "neurons"])
 def test_every_feature_page(real_client: TestClient, runs: dict[str, dict[str, Any]], kind: str) -> None:
     """HTML and JSON of every feature: 200, the label shown escaped, one token span per token."""
     run = runs[kind]
