@@ -123,6 +123,8 @@ def _features(
                     "counts": rng.integers(0, 50, 20).tolist(),
                 },
                 neighbours=[{"index": (index + k) % n, "cosine": 0.9 - 0.1 * k} for k in (1, 2, 3)],
+                map_x=float(index % 8),  # a grid: every feature at its own place on the map
+                map_y=float(index // 8),
             )
         )
         kinds = [("top", None, r) for r in range(5)] + [

@@ -117,6 +117,17 @@ def test_run_page_draws_density_histogram_and_sorts(server: Server, page: Page) 
     assert page.script_errors == []  # type: ignore[attr-defined]
 
 
+def test_run_page_map_point_opens_its_feature(server: Server, page: Page) -> None:
+    page.goto(f"{server.base_url}/runs/{SAE_RUN}#map")
+    points = page.locator("[data-chart=chart-map] .scatterlayer .point")
+    expect(points.first).to_be_visible()
+    assert points.count() > 8  # a point per feature
+    points.nth(12).click(force=True)  # points are drawn in index order
+    expect(page).to_have_url(re.compile(rf"/runs/{SAE_RUN}/features/12$"))
+    expect(page.locator("h1")).to_have_text("Feature 12")
+    assert page.script_errors == []  # type: ignore[attr-defined]
+
+
 def test_search_and_follow_a_result(server: Server, page: Page) -> None:
     page.goto(server.base_url)
     page.locator("#site-search").fill(" the")
