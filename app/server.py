@@ -83,12 +83,16 @@ def _run_worker(host: str, port: int, parent_pid: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
-    uvicorn.Server(uvicorn.Config(APP, **UVICORN_OPTIONS)).run(sockets=[sock])
+    try:
+        uvicorn.Server(uvicorn.Config(APP, **UVICORN_OPTIONS)).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # Ctrl-C reaches every process of the terminal: uvicorn has shut down, then re-raised it
 
 
 def serve(host: str, port: int, workers: int) -> int:
     """Serve until interrupted (Ctrl-C or SIGTERM); the exit code (non-zero if a worker failed).
-    The database URL reaches the workers in DATABASE_URL, as `create_app` reads its settings."""
+    The database URL reaches the workers in DATABASE_URL, as `create_app` reads its settings.
+    Once stopping, SIGINT and SIGTERM stay ignored: the caller is about to exit."""
     if workers <= 1 or not hasattr(socket, "SO_REUSEPORT"):
         uvicorn.run(APP, host=host, port=port, workers=workers, **UVICORN_OPTIONS)
         return 0
@@ -102,7 +106,9 @@ def serve(host: str, port: int, workers: int) -> int:
     def stop(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    stopping_signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in stopping_signals:
+        signal.signal(sig, stop)
     try:
         for process in processes:
             process.start()
@@ -113,7 +119,8 @@ def serve(host: str, port: int, workers: int) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig in stopping_signals:  # a second Ctrl-C must not cut the workers' shutdown short
+            signal.signal(sig, signal.SIG_IGN)
         for process in processes:
             if process.is_alive():
                 process.terminate()  # SIGTERM: uvicorn finishes open requests, then exits

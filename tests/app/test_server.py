@@ -4,6 +4,7 @@ a clear error for a port in use, and a clean stop on SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -134,3 +135,31 @@ def test_second_server_on_the_same_port_is_refused(fixture_db: FixtureDB) -> Non
         proc.terminate()
         proc.wait(timeout=20)
     assert free_port()  # nothing leaked
+
+
+def test_ctrl_c_stops_every_process_quietly(fixture_db: FixtureDB) -> None:
+    """Ctrl-C signals the terminal's whole process group (server and workers), maybe twice."""
+    port = free_port()
+    command = [sys.executable, "-m", "trainer.cli", "serve", "--db", fixture_db.url, "--port", str(port)]
+    proc = subprocess.Popen(
+        [*command, "--workers", "2"], cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/-/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        children = workers_of(proc.pid)
+        assert len(children) == 2
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
