@@ -27,7 +27,14 @@ from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
 from app.cache import app_version
-from trainer.schema import Run, StoredPage, ensure_schema, make_engine, read_schema_version
+from trainer.schema import (
+    Run,
+    StoredPage,
+    ensure_schema,
+    make_engine,
+    read_schema_version,
+    reclaim_free_space,
+)
 
 # Offline work, served many times: a stronger level than the live cache's (level 1) is worth it.
 STORED_GZIP_LEVEL = 6
@@ -213,6 +220,8 @@ def prerender(
             for pages in _rendered_chunks(db_url, chunks, max(1, min(processes, len(chunks)))):
                 written += _store(engine, pages, version)
                 bar.update(len(pages))
+        if todo:
+            reclaim_free_space(engine)  # pages of an older app version were replaced
     finally:
         engine.dispose()
     return PrerenderResult(n_runs, len(todo), skipped, written, time.perf_counter() - started)

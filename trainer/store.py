@@ -30,6 +30,7 @@ from trainer.schema import (
     TokenFeature,
     ensure_schema,
     make_engine,
+    reclaim_free_space,
     utcnow,
 )
 
@@ -120,6 +121,8 @@ def publish_run(engine: Engine, run_id: int, slug: str) -> None:
             .where(Run.id == run_id)
             .values(slug=slug, status="complete", completed_at=utcnow(), error=None)
         )
+    if stale:
+        reclaim_free_space(engine)
 
 
 def mark_failed(engine: Engine, run_id: int, error: str) -> None:

@@ -246,6 +246,22 @@ def test_unreachable_databases_raise_database_error(url: str, tmp_path: Path) ->
         store(url, tmp_path)
 
 
+def test_replacing_a_run_gives_its_space_back(tmp_path: Path) -> None:
+    """SQLite keeps a replaced run's pages as free pages unless they are reclaimed."""
+    url = f"sqlite:///{tmp_path / 'reclaim.db'}"
+    store(url, tmp_path)
+    engine = open_database(url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA auto_vacuum").scalar() == 2  # incremental
+    size_once = (tmp_path / "reclaim.db").stat().st_size
+    store(url, tmp_path)  # the same slug again: the first run is replaced
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA freelist_count").scalar() == 0
+    engine.dispose()
+    assert runs(url) == [("tiny-paper", "complete")]
+    assert (tmp_path / "reclaim.db").stat().st_size <= 1.2 * size_once
+
+
 def test_nul_byte_token_is_stored_with_its_exact_bytes(db_url: str, tmp_path: Path) -> None:
     store(db_url, tmp_path)
     engine = open_database(db_url)
