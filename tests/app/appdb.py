@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 from sqlalchemy.orm import Session
 
 from trainer.config import ModelConfig, SAEConfig, TokenizerConfig
@@ -194,6 +195,7 @@ def build_artifacts(root: Path) -> tuple[list[bytes], int, np.ndarray]:
     bytes, its size and the corpus as a token stream."""
     from trainer.sae import SparseAutoencoder
 
+    torch.manual_seed(0)  # the same weights whichever tests ran before this session fixture
     tokenizer = train_tokenizer(CORPUS, TokenizerConfig(vocab_size=300))
     root.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(root / "tokenizer.json"))

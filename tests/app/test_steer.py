@@ -7,15 +7,26 @@ from typing import Any
 
 import pytest
 import torch
-from appdb import N_NEURONS, N_SAE, NEURON_RUN, RUNNING_RUN, SAE_RUN
+from appdb import N_NEURONS, N_SAE, NEURON_RUN, RUNNING_RUN, SAE_RUN, FixtureDB
 from fastapi.testclient import TestClient
 from markupsafe import escape
+from sqlalchemy import select
 
 from app.steering import pin_feature, pin_neuron
 from trainer.config import SAEConfig
 from trainer.sae import SparseAutoencoder
+from trainer.schema import Token, make_engine
 
 PROMPT = "the cat sat on the"
+
+
+def token_bytes(db: FixtureDB, token_ids: list[int]) -> bytes:
+    """The exact bytes of these tokens (of the fixture's vocabulary, shared by its runs)."""
+    engine = make_engine(db.url, read_only=True)
+    with engine.connect() as conn:
+        raw = dict(conn.execute(select(Token.token_id, Token.raw)).all())  # the same in every run
+    engine.dispose()
+    return b"".join(raw[t] for t in token_ids)
 
 
 def steer(client: TestClient, run: str, **params: Any) -> dict[str, Any]:
@@ -63,7 +74,9 @@ def test_pinning_a_neuron_sets_only_that_neuron() -> None:
 
 
 @pytest.mark.parametrize(("run", "n_features"), [(SAE_RUN, N_SAE), (NEURON_RUN, N_NEURONS)])
-def test_a_large_pin_changes_what_the_model_writes(client: TestClient, run: str, n_features: int) -> None:
+def test_a_large_pin_changes_what_the_model_writes(
+    client: TestClient, fixture_db: FixtureDB, run: str, n_features: int
+) -> None:
     body = steer(client, run, feature=n_features - 1, value=1000)
     assert (
         body["available"] and body["n_ctx"] == 16 and body["value"] == 1000 and not body["value_is_default"]
@@ -71,7 +84,10 @@ def test_a_large_pin_changes_what_the_model_writes(client: TestClient, run: str,
     assert "".join(t["text"] for t in body["prompt"]) == PROMPT
     unpinned, pinned = body["unpinned"], body["pinned"]
     assert len(unpinned["tokens"]) == len(pinned["tokens"]) == 6
-    assert unpinned["text"] == "".join(t["text"] for t in unpinned["tokens"])
+    # The text is the generated tokens' bytes decoded together (a character may span tokens).
+    assert unpinned["text"] == token_bytes(fixture_db, [t["id"] for t in unpinned["tokens"]]).decode(
+        "utf-8", "replace"
+    )
     assert len(unpinned["next_tokens"]) == len(pinned["next_tokens"]) == 10
     assert _next(unpinned) != _next(pinned)
     for continuation in (unpinned, pinned):
