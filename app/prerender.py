@@ -26,6 +26,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
+from app import links
 from app.cache import app_version
 from trainer.schema import (
     Run,
@@ -56,12 +57,17 @@ class PrerenderResult:
     stored_bytes: int  # gzipped bytes written now
     seconds: float
 
+    def summary(self) -> str:
+        return (
+            f"prerender: {self.rendered} pages of {self.runs} run(s) stored "
+            f"({self.stored_bytes / 1e6:.1f} MB gzipped), {self.skipped} already stored, "
+            f"in {self.seconds:.1f}s"
+        )
+
 
 def run_page_paths(slug: str, n_features: int) -> list[str]:
     """The pages of one run that are stored: the run page and every feature page, each with its
     JSON twin (views with a query string, such as a sorted feature list, render live)."""
-    from app import links
-
     paths = [links.run_url(slug), links.run_url(slug, api=True)]
     for index in range(n_features):
         paths += [links.feature_url(slug, index), links.feature_url(slug, index, api=True)]

@@ -44,7 +44,6 @@ from trainer.schema import (
     Example,
     Feature,
     Run,
-    SchemaInfo,
     Token,
     TokenFeature,
     unpack_activations,
@@ -248,10 +247,10 @@ def _histogram(data: dict[str, Any] | None) -> Histogram:
     )
 
 
-def feature_map(session: Session, run: Run) -> list[MapPoint]:
+def feature_map(session: Session, run: Run, schema_version: int | None) -> list[MapPoint]:
     """The run's feature map, by index; empty for a run without one or a database from before
-    maps (schema < 3, which the read-only app does not migrate)."""
-    if (session.scalar(select(SchemaInfo.version)) or 0) < 3:
+    maps (`schema_version` < 3: the read-only app does not migrate it)."""
+    if (schema_version or 0) < 3:
         return []
     rows = session.execute(
         select(Feature.index, Feature.map_x, Feature.map_y, Feature.label, Feature.density)
@@ -265,7 +264,7 @@ def feature_map(session: Session, run: Run) -> list[MapPoint]:
     ]
 
 
-def run_detail(session: Session, run: Run, features: FeatureList) -> RunDetail:
+def run_detail(session: Session, run: Run, features: FeatureList, schema_version: int | None) -> RunDetail:
     return RunDetail(
         run=run_summary(run),
         error=run.error,
@@ -275,7 +274,7 @@ def run_detail(session: Session, run: Run, features: FeatureList) -> RunDetail:
         training_log=run.training_log or {},
         corpus_manifest=run.corpus_manifest or {},
         features=features,
-        feature_map=feature_map(session, run),
+        feature_map=feature_map(session, run, schema_version),
     )
 
 

@@ -183,11 +183,7 @@ def _prerender(db_url: str | None, runs: list[str] | None, processes: int, force
 
     url = _existing_database(db_url)
     result = prerender(url, runs, processes=processes, force=force)
-    print(
-        f"prerender: {result.rendered} pages of {result.runs} run(s) stored "
-        f"({result.stored_bytes / 1e6:.1f} MB gzipped), {result.skipped} already stored, "
-        f"in {result.seconds:.1f}s"
-    )
+    print(result.summary())
 
 
 def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> int:

@@ -248,8 +248,5 @@ def run_prerender(cfg: RunConfig) -> Any:
     from app.prerender import prerender
 
     result = prerender(cfg.database_url, processes=os.cpu_count() or 1)
-    print(
-        f"prerender: {result.rendered} pages stored ({result.stored_bytes / 1e6:.1f} MB gzipped), "
-        f"{result.skipped} already there"
-    )
+    print(result.summary())
     return result

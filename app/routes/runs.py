@@ -44,7 +44,7 @@ class FeatureListQuery(BaseModel):
         )
 
 
-def _run_detail(session: SessionDep, run: str, view: FeatureListQuery) -> RunDetail:
+def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureListQuery) -> RunDetail:
     record = queries.get_run(session, run)
     features = queries.list_features(
         session,
@@ -55,7 +55,7 @@ def _run_detail(session: SessionDep, run: str, view: FeatureListQuery) -> RunDet
         size=view.size,
         filters=view.filters(),
     )
-    return queries.run_detail(session, record, features)
+    return queries.run_detail(session, record, features, request.app.state.schema_version)
 
 
 @router.get("/api/runs", response_model=RunList)
@@ -71,17 +71,18 @@ async def show_runs(request: Request, session: SessionDep) -> Response:
 
 @router.get("/api/runs/{run}", response_model=RunDetail)
 async def read_run(
-    session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
+    request: Request, session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
 ) -> RunDetail:
-    """A run's config, metrics, density histogram, training log and one page of its features."""
-    return _run_detail(session, run, view)
+    """A run's config, metrics, density histogram, feature map, training log and one page of its
+    features."""
+    return _run_detail(request, session, run, view)
 
 
 @router.get("/runs/{run}", include_in_schema=False)
 async def show_run(
     request: Request, session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
 ) -> Response:
-    data = _run_detail(session, run, view)
+    data = _run_detail(request, session, run, view)
     context = {
         "data": data,
         "view": view,
