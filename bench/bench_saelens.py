@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from saelens_venv import DEFAULT_VENV, ensure_venv, saelens_version
 
 SAELENS_STEP = r"""
 import contextlib, json, sys, time
@@ -66,26 +67,6 @@ print(json.dumps(results))
 """
 
 
-def ensure_venv(venv: Path, install: bool) -> Path | None:
-    python = venv / "bin" / "python"
-    check = [str(python), "-c", "import sae_lens"]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return python
-    if not install:
-        print(f"SAELens is not installed in {venv} and --no-install was given: skipping it")
-        return None
-    print(f"creating {venv} and installing torch==2.13.0 sae-lens (a few minutes)...", flush=True)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "torch==2.13.0", "sae-lens"], check=True, timeout=900
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        print(f"could not install SAELens with pip ({exc}); skipping the SAELens comparison")
-        return None
-    return python
-
-
 def ours(d_in: int, d_sae: int, batch: int, k: int, steps: int) -> dict[str, float]:
     import torch
 
@@ -120,7 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--venv", type=Path, default=Path("/tmp/saelens-venv"))
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--no-install", action="store_true", help="skip SAELens if its venv is missing")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--d-in", type=int, default=512)
@@ -142,11 +123,7 @@ def main() -> None:
     if proc.returncode != 0:
         print(f"SAELens's step failed:\n{proc.stderr[-2000:]}")
         return
-    version = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m; print(m.version('sae-lens'))"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    version = saelens_version(python)
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, tps in theirs.items():
         mine_tps = mine["paper" if name.startswith("standard") else "topk"]
