@@ -23,10 +23,9 @@ import torch
 from trainer.activations import document_starts, harvest_shard
 from trainer.config import HarvestConfig, LMTrainConfig, ModelConfig, SAEConfig
 from trainer.model import OneLayerTransformer
-from trainer.sae import SparseAutoencoder
+from trainer.sae import SparseAutoencoder, TrainState
+from trainer.sae import train_step as sae_train_step
 from trainer.train_lm import make_optimizer, sample_batch, train_step
-from trainer.train_sae import TrainState
-from trainer.train_sae import train_step as sae_train_step
 
 
 def reference_lm_step(

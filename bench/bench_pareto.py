@@ -39,13 +39,8 @@ from saelens_venv import DEFAULT_VENV, ensure_venv, saelens_version
 from trainer.config import EvalConfig, SAEConfig, load_config
 from trainer.evaluate import evaluate_sae
 from trainer.model import OneLayerTransformer
-from trainer.sae import SparseAutoencoder
+from trainer.sae import SparseAutoencoder, train_sae
 from trainer.tokenizer import load_token_split
-
-try:  # trainer/sae* is being refactored: train_sae moves into trainer.sae
-    from trainer.sae import train_sae  # type: ignore[attr-defined]
-except ImportError:
-    from trainer.train_sae import train_sae
 
 SAELENS_TRAIN = Path(__file__).with_name("saelens_train.py")
 CHECK_FILE = "check_reconstruction.npy"  # written by saelens_train.py

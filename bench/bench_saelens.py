@@ -71,8 +71,7 @@ def ours(d_in: int, d_sae: int, batch: int, k: int, steps: int) -> dict[str, flo
     import torch
 
     from trainer.config import SAEConfig
-    from trainer.sae import SparseAutoencoder
-    from trainer.train_sae import TrainState, train_step
+    from trainer.sae import SparseAutoencoder, TrainState, train_step
 
     x = torch.randn(batch, d_in, generator=torch.Generator().manual_seed(0)).relu()
     results = {}

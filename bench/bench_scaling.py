@@ -52,8 +52,7 @@ def run_one(variant: str, d_sae: int, batch: int, steps: int) -> dict[str, float
     import torch
 
     from trainer.config import SAEConfig, SAEVariant
-    from trainer.sae import SparseAutoencoder
-    from trainer.train_sae import TrainState, train_step
+    from trainer.sae import SparseAutoencoder, TrainState, train_step
 
     d_in = 512
     gen = torch.Generator().manual_seed(0)

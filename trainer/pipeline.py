@@ -144,7 +144,7 @@ def corpus_manifest(cfg: RunConfig) -> dict[str, Any]:
 def run_train_sae(cfg: RunConfig, resume: bool = False, activations_file: str | None = None) -> Any:
     """Train the SAE on the harvested activations (or on a user's activation file); data-parallel
     over the processes when launched by `torchrun --nproc-per-node N`."""
-    from trainer.train_sae import train_sae
+    from trainer.sae import train_sae
 
     source = Path(activations_file) if activations_file else cfg.activations_dir
     if not activations_file and not (source / "manifest.json").exists():

@@ -1,4 +1,4 @@
-"""The SAE module: init, the variants' activations, the JumpReLU gradients, save/load."""
+"""The SAE module: init, save/load in SAELens's layout."""
 
 from __future__ import annotations
 
@@ -7,31 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from saedata import perturbed, tiny_cfg
 from safetensors.torch import load_file
 
-from trainer.config import SAEConfig
-from trainer.sae import SparseAutoencoder, StepFunction, batch_topk_threshold
-
-
-def tiny_cfg(**overrides: object) -> SAEConfig:
-    values: dict = {"d_in": 16, "d_sae": 48, "k": 4, "batch_size": 32, "n_tokens": 32 * 10, "seed": 3}
-    values.update(overrides)
-    return SAEConfig(**values)
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-def perturbed(sae: SparseAutoencoder) -> SparseAutoencoder:
-    """Move every parameter off its init so a roundtrip that drops one shows."""
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        if sae.cfg.variant == "batchtopk":
-            sae.batchtopk_threshold.fill_(0.37)
-    return sae
+from trainer.sae import SparseAutoencoder
 
 
 def test_init_is_anthropics_tied_unit_norm() -> None:
@@ -50,63 +29,6 @@ def test_init_b_dec_geometric_median_resists_outliers() -> None:
     assert (sae.b_dec - 1.0).abs().max() < 0.1
     sae.init_b_dec(sample, method="mean")
     assert sae.b_dec.min() > 30.0
-
-
-def test_paper_encode_is_relu_of_centred_input() -> None:
-    sae = perturbed(SparseAutoencoder(tiny_cfg()))
-    x = torch.randn(8, 16)
-    expected = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
-    assert torch.allclose(sae.encode(x), expected, atol=1e-5)
-    x_hat, f = sae(x)
-    assert torch.allclose(x_hat, f @ sae.W_dec + sae.b_dec, atol=1e-5)
-
-
-def test_topk_keeps_k_per_row() -> None:
-    sae = perturbed(SparseAutoencoder(tiny_cfg(variant="topk")))
-    with torch.no_grad():
-        sae.b_enc.fill_(100.0)  # every pre-activation positive: exactly k survive
-    f = sae.encode(torch.randn(64, 16))
-    assert torch.equal((f > 0).sum(1), torch.full((64,), 4))
-
-
-def test_batchtopk_keeps_k_times_n_at_train_and_uses_threshold_at_inference() -> None:
-    sae = perturbed(SparseAutoencoder(tiny_cfg(variant="batchtopk"))).train()
-    with torch.no_grad():
-        sae.b_enc.fill_(5.0)
-        sae.batchtopk_threshold.zero_()
-    x = torch.randn(64, 16)
-    f = sae.encode(x)
-    assert int((f > 0).sum()) == 4 * 64
-    assert float(sae.batchtopk_threshold) > 0  # tracked from the first batch
-    sae.eval()
-    pre = sae.pre_activations(x)
-    assert torch.equal(sae.encode(x), pre * (pre > sae.batchtopk_threshold))
-
-
-@pytest.mark.parametrize("rows_all_high", [False, True])
-def test_batch_topk_threshold_is_exact(rows_all_high: bool) -> None:
-    pre = torch.randn(50, 200)
-    if rows_all_high:  # one row holds far more than its 4k candidates of the global top: the fallback
-        pre[7] += 100.0
-    k = 3
-    brute = torch.topk(pre.flatten(), k * 50).values.min()
-    assert float(batch_topk_threshold(pre, k)) == float(brute)
-
-
-def test_jumprelu_forward_and_straight_through_threshold_gradient() -> None:
-    cfg = tiny_cfg(variant="jumprelu", jumprelu_init_threshold=0.5, jumprelu_bandwidth=0.2)
-    sae = SparseAutoencoder(cfg)
-    threshold = sae.threshold
-    assert threshold is not None and torch.allclose(threshold, torch.full((48,), 0.5))
-    pre = torch.tensor([[0.3, 0.45, 0.55, 0.9] + [0.0] * 44])
-    f = sae.activate(pre)
-    assert f[0, :4].tolist() == pytest.approx([0.0, 0.0, 0.55, 0.9])
-    # L0 gradient reaches θ only where |pre − θ| < ε/2 (0.45 and 0.55), as −1/ε each (times dθ/dlogθ = θ).
-    StepFunction.apply(pre, sae.log_threshold.exp(), cfg.jumprelu_bandwidth).sum().backward()
-    grad = sae.log_threshold.grad
-    assert grad is not None
-    assert grad[1].item() == pytest.approx(-0.5 / 0.2) and grad[2].item() == pytest.approx(-0.5 / 0.2)
-    assert grad[0].item() == 0.0 and grad[3].item() == 0.0
 
 
 @pytest.mark.parametrize("variant", ["paper", "l1_decnorm", "topk", "batchtopk", "jumprelu"])

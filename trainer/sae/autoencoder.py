@@ -1,15 +1,10 @@
-"""The sparse autoencoder of Bricken et al. 2023 ("Problem Setup" / "Sparse Autoencoder") and the
-later variants we compare it with.
+"""The sparse autoencoder of Bricken et al. 2023 ("Problem Setup" / "Sparse Autoencoder"):
 
-    x̄ = x − b_dec;   f = ReLU(x̄ W_enc + b_enc);   x̂ = f W_dec + b_dec
+    x̄ = x − b_dec;   f = σ(x̄ W_enc + b_enc);   x̂ = f W_dec + b_dec
 
 Shapes: W_enc [d_in, d_sae], W_dec [d_sae, d_in] (one dictionary vector per row), b_enc [d_sae],
-b_dec [d_in]. The variants only change the activation:
-  - paper, l1_decnorm: ReLU
-  - topk (Gao et al. 2024): keep the k largest pre-activations of each row, ReLU'd
-  - batchtopk (Bussmann et al. 2024): at train time the k·N largest over the batch; at inference
-    one global threshold, estimated during training and kept as a buffer
-  - jumprelu (Rajamanoharan et al. 2024): pre · 1[pre > threshold], a learned threshold per latent
+b_dec [d_in]. The activation σ, any extra parameter and the saved threshold are the variant's
+(trainer.sae.variants).
 
 `save` writes the layout SAELens's `SAE.load_from_disk` reads: `sae_weights.safetensors` and
 `cfg.json` (a batchtopk SAE is saved as a jumprelu one with a uniform threshold, as SAELens does).
@@ -19,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,94 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from trainer.checkpoint import atomic_save_safetensors, atomic_write_text
-from trainer.config import ConfigError, SAEConfig
-from trainer.distributed import all_gather_rows
+from trainer.config import SAEConfig
+from trainer.sae.variants import Variant, get_variant
 
 HOOK_NAME = "blocks.0.mlp.hook_post"  # trainer.model.HOOK_MLP_POST; kept here so loading needs no model
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
-
-# Our variant -> SAELens architecture name of the saved inference SAE.
-SAELENS_ARCHITECTURE = {
-    "paper": "standard",
-    "l1_decnorm": "standard",
-    "topk": "topk",
-    "batchtopk": "jumprelu",
-    "jumprelu": "jumprelu",
-}
-
-
-# ---------------------------------------------------------------------------- JumpReLU with STE
-
-
-def _rectangle(u: torch.Tensor) -> torch.Tensor:
-    """The rectangle kernel 1[|u| < 1/2] of Rajamanoharan et al. 2024, eq. 11."""
-    return (u.abs() < 0.5).to(u.dtype)
-
-
-class JumpReLUFunction(torch.autograd.Function):
-    """pre · 1[pre > θ]; d/dθ by the straight-through estimator −(θ/ε)·K((pre−θ)/ε)."""
-
-    @staticmethod
-    def forward(ctx: Any, pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_pre = grad * (pre > threshold)
-        kernel = _rectangle((pre.float() - threshold) / eps)
-        grad_threshold = (-(threshold / eps) * kernel * grad.float()).sum(0)
-        return grad_pre, grad_threshold, None
-
-
-class StepFunction(torch.autograd.Function):
-    """1[pre > θ] (for the L0 penalty); d/dθ by the STE −(1/ε)·K((pre−θ)/ε), no gradient to pre."""
-
-    @staticmethod
-    def forward(ctx: Any, pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor, None]:
-        pre, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        kernel = _rectangle((pre.float() - threshold) / eps)
-        return None, (-(1.0 / eps) * kernel * grad.float()).sum(0), None
-
-
-# ---------------------------------------------------------------------------- top-k helpers
-
-
-def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest pre-activations of each row, ReLU'd; zeros elsewhere."""
-    values, indices = torch.topk(pre, k, dim=-1, sorted=False)
-    return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
-
-
-def batch_topk_threshold(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """The value of the (k·N)-th largest pre-activation of the batch (a 0-dim fp32 tensor); under
-    data parallelism, of the global batch (every rank's rows).
-
-    A full top-(k·N) over N·d_sae numbers is slow on a CPU, so take each row's top m = 4k first:
-    the answer is exact unless some row put all m of its candidates above it, which we check.
-    """
-    n_rows, d_sae = pre.shape
-    m = min(d_sae, 4 * k)
-    row_top = all_gather_rows(torch.topk(pre, m, dim=-1, sorted=True).values.float())  # [N, m]
-    n_keep = min(k * len(row_top), len(row_top) * d_sae)
-    threshold = torch.topk(row_top.flatten(), n_keep, sorted=False).values.min()
-    if m < d_sae and bool((row_top[:, -1] >= threshold).any()):  # the same on every rank
-        threshold = torch.topk(all_gather_rows(pre.float()).flatten(), n_keep, sorted=False).values.min()
-    return threshold
-
-
-# ---------------------------------------------------------------------------- the SAE
 
 
 class SparseAutoencoder(nn.Module):
@@ -124,11 +36,14 @@ class SparseAutoencoder(nn.Module):
     W_dec: nn.Parameter
     b_enc: nn.Parameter
     b_dec: nn.Parameter
+    log_threshold: nn.Parameter  # jumprelu only: registered by its Variant.add_parameters
     batchtopk_threshold: torch.Tensor
+    variant: Variant  # the behaviour of `cfg.variant`
 
     def __init__(self, cfg: SAEConfig, seed: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.variant = get_variant(cfg.variant)
         generator = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
         # Anthropic's init: random unit-norm dictionary rows, encoder tied to the decoder's transpose.
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
@@ -137,20 +52,15 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        if cfg.variant == "jumprelu":
-            # θ > 0 is kept by learning log θ; `threshold` exposes θ itself.
-            self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
+        self.variant.add_parameters(self)
         # batchtopk's inference threshold: a running mean of the smallest kept activation per batch.
+        # Every variant has it, so that every checkpoint and state_dict has the same layout.
         self.register_buffer("batchtopk_threshold", torch.zeros(()))
 
     @property
     def threshold(self) -> torch.Tensor | None:
         """The per-latent threshold [d_sae] of a jumprelu (or batchtopk at inference) SAE."""
-        if self.cfg.variant == "jumprelu":
-            return self.log_threshold.exp()
-        if self.cfg.variant == "batchtopk":
-            return self.batchtopk_threshold.expand(self.cfg.d_sae)
-        return None
+        return self.variant.threshold(self)
 
     # ------------------------------------------------------------------ forward
 
@@ -161,29 +71,7 @@ class SparseAutoencoder(nn.Module):
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """f from the pre-activations, by variant (batchtopk depends on `self.training`)."""
-        variant = self.cfg.variant
-        if variant in ("paper", "l1_decnorm"):
-            return torch.relu(pre)
-        if variant == "topk":
-            return topk_activation(pre, self.cfg.k)
-        if variant == "batchtopk":
-            if self.training:
-                threshold = batch_topk_threshold(pre.detach(), self.cfg.k).float().clamp_min(0)
-                self._track_batchtopk_threshold(threshold)
-                return pre * (pre >= threshold)  # threshold >= 0, so this is ReLU'd too
-            return pre * (pre > self.batchtopk_threshold)
-        if variant == "jumprelu":
-            return JumpReLUFunction.apply(pre, self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
-        raise ConfigError(f"unknown SAE variant {variant!r}")
-
-    @torch.no_grad()
-    def _track_batchtopk_threshold(self, threshold: torch.Tensor, decay: float = 0.99) -> None:
-        # Bussmann et al. 2024 estimate the inference threshold as the average over training batches
-        # of the smallest activation kept; an exponential average follows the drifting weights.
-        if float(self.batchtopk_threshold) == 0.0:
-            self.batchtopk_threshold.copy_(threshold)
-        else:
-            self.batchtopk_threshold.mul_(decay).add_((1 - decay) * threshold)
+        return self.variant.activate(self, pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations f [N, d_sae] of inputs x [N, d_in]."""
@@ -258,7 +146,7 @@ class SparseAutoencoder(nn.Module):
             "dataset_path": "",
         }
         cfg: dict[str, Any] = {
-            "architecture": SAELENS_ARCHITECTURE[self.cfg.variant],
+            "architecture": self.variant.saelens_architecture,
             "d_in": self.cfg.d_in,
             "d_sae": self.cfg.d_sae,
             "dtype": "float32",
@@ -266,14 +154,12 @@ class SparseAutoencoder(nn.Module):
             "apply_b_dec_to_input": True,
             "normalize_activations": "none",
             "reshape_activations": "none",
-            "activation_fn_str": "topk" if self.cfg.variant == "topk" else "relu",
+            "activation_fn_str": self.variant.saelens_activation_fn,
             **meta,
             "meta": meta,
             "monosemantic": dataclasses.asdict(self.cfg),
         }
-        if self.cfg.variant == "topk":
-            cfg["k"] = self.cfg.k
-            cfg["activation_fn_kwargs"] = {"k": self.cfg.k}
+        cfg.update(self.variant.saelens_fields(self.cfg))
         return cfg
 
     def save(
@@ -319,10 +205,8 @@ class SparseAutoencoder(nn.Module):
         with torch.no_grad():
             for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
                 getattr(sae, name).copy_(tensors[name].float())
-            if cfg.variant == "jumprelu":
-                sae.log_threshold.copy_(tensors["threshold"].float().clamp_min(1e-30).log())
-            elif cfg.variant == "batchtopk":
-                sae.batchtopk_threshold.copy_(tensors["threshold"].float().max())
+            if "threshold" in expected:
+                sae.variant.load_threshold(sae, tensors["threshold"].float())
         return sae.eval()
 
 

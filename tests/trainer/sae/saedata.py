@@ -1,0 +1,82 @@
+"""Tiny SAE configs and synthetic activations shared by the SAE tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.config import SAEConfig
+from trainer.sae import ActivationSource, SparseAutoencoder
+
+
+def sae_cfg(**overrides: object) -> SAEConfig:
+    values: dict = {
+        "d_in": 32,
+        "d_sae": 192,
+        "batch_size": 256,
+        "n_tokens": 256 * 40,
+        "k": 3,
+        "l1_coefficient": 0.3,
+        "lr": 1e-2,
+        "checkpoint_interval": 10,
+        "seed": 0,
+    }
+    values.update(overrides)
+    return SAEConfig(**values)
+
+
+def tiny_cfg(**overrides: object) -> SAEConfig:
+    values: dict = {"d_in": 16, "d_sae": 48, "k": 4, "batch_size": 32, "n_tokens": 32 * 10, "seed": 3}
+    values.update(overrides)
+    return SAEConfig(**values)
+
+
+def perturbed(sae: SparseAutoencoder) -> SparseAutoencoder:
+    """Move every parameter off its init so a roundtrip that drops one shows."""
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        if sae.cfg.variant == "batchtopk":
+            sae.batchtopk_threshold.fill_(0.37)
+    return sae
+
+
+def superposition(
+    n_rows: int, d_in: int = 32, n_features: int = 96, p: float = 0.03, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse non-negative codes over n_features random unit directions in d_in dimensions."""
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((n_features, d_in))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    codes = (rng.random((n_rows, n_features)) < p) * rng.uniform(0.5, 1.5, (n_rows, n_features))
+    return (codes @ directions).astype(np.float32), directions
+
+
+def mean_max_cosine(true_directions: np.ndarray, W_dec: torch.Tensor) -> float:
+    learned = W_dec.detach().numpy()
+    learned = learned / np.linalg.norm(learned, axis=1, keepdims=True)
+    return float((true_directions @ learned.T).max(axis=1).mean())
+
+
+def write_harvest(directory: Path, shard_rows: list[int], d_in: int = 8) -> np.ndarray:
+    directory.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    shards, names = [], []
+    for i, rows in enumerate(shard_rows):
+        acts = rng.standard_normal((rows, d_in)).astype(np.float16)
+        np.save(directory / f"acts_{i:05d}.npy", acts)
+        np.save(directory / f"doc_pos_{i:05d}.npy", np.zeros((rows, 2), dtype=np.int64))
+        shards.append(acts)
+        names.append(f"acts_{i:05d}.npy")
+    manifest = {"d_in": d_in, "n_rows": sum(shard_rows), "shards": names}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return np.concatenate(shards)
+
+
+def open_activation_source_from(rows: np.ndarray, batch_size: int = 64) -> ActivationSource:
+    """A source cycling over `rows` [N, d_in] in order."""
+    rows = rows.astype(np.float32)
+    return ActivationSource([lambda: rows], [len(rows)], rows.shape[1], batch_size, 0, False, "test")

@@ -1,0 +1,25 @@
+"""The SAE variants by name (`SAEConfig.variant`): one module each, over `base.Variant`."""
+
+from __future__ import annotations
+
+from trainer.config import ConfigError
+from trainer.sae.variants.base import LossTerms, Variant, sparsity_coefficient
+from trainer.sae.variants.batchtopk import BatchTopK
+from trainer.sae.variants.jumprelu import JumpReLU
+from trainer.sae.variants.l1_decnorm import L1DecNorm
+from trainer.sae.variants.paper import Paper
+from trainer.sae.variants.topk import TopK
+
+VARIANTS: dict[str, Variant] = {
+    variant.name: variant for variant in (Paper(), L1DecNorm(), TopK(), BatchTopK(), JumpReLU())
+}
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown SAE variant {name!r}") from None
+
+
+__all__ = ["VARIANTS", "LossTerms", "Variant", "get_variant", "sparsity_coefficient"]

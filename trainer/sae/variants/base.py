@@ -1,0 +1,131 @@
+"""What an SAE variant defines, and the autograd loss every variant can fall back on.
+
+The SAE of Bricken et al. 2023 ("Problem Setup" / "Sparse Autoencoder"):
+
+    x̄ = x − b_dec;   f = σ(x̄ W_enc + b_enc);   x̂ = f W_dec + b_dec
+
+A variant chooses the activation σ and the sparsity term S of the loss, per batch of N inputs:
+
+    L = (1/N) Σ_n ‖x_n − x̂_n‖²  +  λ_t · S(f)
+
+so "mse" is the squared error summed over the d_in dimensions and averaged over inputs. λ_t is
+`l1_coefficient` ramped linearly from 0 over the first `l1_warmup_fraction` of the steps (the paper's
+warmup) for the variants with `uses_sparsity_coefficient`, else the constant `aux_coefficient` (AuxK).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from trainer.config import SAEConfig
+
+if TYPE_CHECKING:
+    from trainer.sae.autoencoder import SparseAutoencoder
+    from trainer.sae.state import TrainState
+
+
+@dataclass
+class LossTerms:
+    loss: torch.Tensor
+    mse: torch.Tensor
+    sparsity: torch.Tensor
+    fired: torch.Tensor  # [d_sae] float: 1 where the latent fired on this process's rows
+    active: torch.Tensor | None  # number of (row, latent) activations, when counted
+
+    @classmethod
+    def from_codes(
+        cls,
+        loss: torch.Tensor,
+        mse: torch.Tensor,
+        sparsity: torch.Tensor,
+        f: torch.Tensor,
+        count_active: bool,
+    ) -> LossTerms:
+        """The terms of a step whose feature activations f [N, d_sae] are dense."""
+        f = f.detach()
+        active = (f > 0).sum().float() if count_active else None
+        return cls(loss, mse, sparsity, (f.amax(0) > 0).float(), active)
+
+
+def sparsity_coefficient(cfg: SAEConfig, step: int) -> float:
+    """λ at `step` (1-based): linear warmup over the first l1_warmup_fraction of the run."""
+    warmup_steps = round(cfg.l1_warmup_fraction * cfg.n_steps)
+    if warmup_steps <= 0:
+        return cfg.l1_coefficient
+    return cfg.l1_coefficient * min(1.0, step / warmup_steps)
+
+
+def compute_dtype(cfg: SAEConfig) -> torch.dtype:
+    """The dtype of the hand-written backwards' matmuls (their master weights stay fp32)."""
+    return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+
+
+class Variant:
+    """One SAE architecture and its training loss. Subclasses set the class attributes and
+    `activate` / `sparsity_loss`; the other methods have defaults that fit most of them."""
+
+    name: ClassVar[str]  # SAEConfig.variant
+    saelens_architecture: ClassVar[str]  # SAELens's name for the saved inference SAE
+    saelens_activation_fn: ClassVar[str] = "relu"  # cfg.json's activation_fn_str
+    sparsity_loss_name: ClassVar[str]  # what StepStats.sparsity_loss is, in training_log.json
+    unit_norm_decoder: ClassVar[bool] = True  # W_dec rows kept at unit norm through training
+    resamples: ClassVar[bool] = False  # dead latents resampled at SAEConfig.resample_fractions
+    uses_sparsity_coefficient: ClassVar[bool] = True  # λ_t is l1_coefficient (else aux_coefficient)
+
+    # ------------------------------------------------------------------ the SAE module
+
+    def add_parameters(self, sae: SparseAutoencoder) -> None:
+        """Register the variant's parameters beyond W_enc, W_dec, b_enc, b_dec (none by default)."""
+
+    def activate(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+        """Feature activations f [N, d_sae] from the pre-activations [N, d_sae]."""
+        raise NotImplementedError
+
+    def threshold(self, sae: SparseAutoencoder) -> torch.Tensor | None:
+        """The per-latent threshold [d_sae] saved with the weights, if the variant has one."""
+        return None
+
+    def load_threshold(self, sae: SparseAutoencoder, threshold: torch.Tensor) -> None:
+        """Set the state behind `threshold(sae)` from a saved fp32 threshold [d_sae]."""
+        raise NotImplementedError(f"SAE variant {self.name!r} has no threshold")
+
+    def saelens_fields(self, cfg: SAEConfig) -> dict[str, Any]:
+        """Extra fields of the saved cfg.json."""
+        return {}
+
+    # ------------------------------------------------------------------ training
+
+    def sparsity_loss(
+        self, state: TrainState, pre: torch.Tensor, f: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        """S, the sparsity term before its coefficient (fp32 scalar), from the pre-activations and
+        activations [N, d_sae] and the reconstruction error x − x̂ [N, d_in]."""
+        raise NotImplementedError
+
+    def sparsity_weight(self, cfg: SAEConfig, step: int) -> float:
+        """λ_t, the coefficient of the sparsity term at `step` (1-based)."""
+        return sparsity_coefficient(cfg, step) if self.uses_sparsity_coefficient else cfg.aux_coefficient
+
+    def reference_loss(
+        self, state: TrainState, x: torch.Tensor, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, mse, sparsity term, f) through autograd: the reference the fast paths are tested on."""
+        cfg, sae = state.cfg, state.sae
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16"):
+            pre = sae.pre_activations(x)  # [N, d_sae]
+            f = self.activate(sae, pre)
+            x_hat = sae.decode(f)
+            residual = x - x_hat.float()
+            mse = residual.pow(2).sum(-1).mean()
+            sparsity = self.sparsity_loss(state, pre, f, residual)
+            loss = mse + self.sparsity_weight(cfg, step) * sparsity
+        return loss, mse, sparsity, f
+
+    def loss_terms(self, state: TrainState, x: torch.Tensor, step: int, count_active: bool) -> LossTerms:
+        """The step's loss on x [N, d_in], ready for `backward()`; a variant with a hand-written
+        backward overrides this, the others train through `reference_loss`."""
+        loss, mse, sparsity, f = self.reference_loss(state, x, step)
+        return LossTerms.from_codes(loss, mse, sparsity, f, count_active)

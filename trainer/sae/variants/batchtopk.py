@@ -1,0 +1,78 @@
+"""batchtopk: Bussmann et al. 2024, "BatchTopK Sparse Autoencoders".
+
+    training:   f = pre · 1[pre ≥ τ_batch],  τ_batch the (k·N)-th largest pre-activation of the batch
+    inference:  f = pre · 1[pre > θ],        θ one global threshold estimated during training
+    L = (1/N) Σ_n ‖x_n − x̂_n‖² + aux_coefficient · AuxK
+
+k latents per input on average, so no sparsity penalty; AuxK as for topk. θ is a buffer of the SAE
+(`batchtopk_threshold`), and the saved SAE is a SAELens jumprelu one with θ for every latent.
+Trained through autograd.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from trainer.distributed import all_gather_rows
+from trainer.sae.sparse_ops import auxk_loss
+from trainer.sae.variants.base import Variant
+
+if TYPE_CHECKING:
+    from trainer.sae.autoencoder import SparseAutoencoder
+    from trainer.sae.state import TrainState
+
+
+def batch_topk_threshold(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """The value of the (k·N)-th largest pre-activation of the batch (a 0-dim fp32 tensor); under
+    data parallelism, of the global batch (every rank's rows).
+
+    A full top-(k·N) over N·d_sae numbers is slow on a CPU, so take each row's top m = 4k first:
+    the answer is exact unless some row put all m of its candidates above it, which we check.
+    """
+    n_rows, d_sae = pre.shape
+    m = min(d_sae, 4 * k)
+    row_top = all_gather_rows(torch.topk(pre, m, dim=-1, sorted=True).values.float())  # [N, m]
+    n_keep = min(k * len(row_top), len(row_top) * d_sae)
+    threshold = torch.topk(row_top.flatten(), n_keep, sorted=False).values.min()
+    if m < d_sae and bool((row_top[:, -1] >= threshold).any()):  # the same on every rank
+        threshold = torch.topk(all_gather_rows(pre.float()).flatten(), n_keep, sorted=False).values.min()
+    return threshold
+
+
+@torch.no_grad()
+def track_threshold(sae: SparseAutoencoder, threshold: torch.Tensor, decay: float = 0.99) -> None:
+    """Fold a batch's threshold into the inference threshold θ (`sae.batchtopk_threshold`)."""
+    # Bussmann et al. 2024 estimate the inference threshold as the average over training batches
+    # of the smallest activation kept; an exponential average follows the drifting weights.
+    if float(sae.batchtopk_threshold) == 0.0:
+        sae.batchtopk_threshold.copy_(threshold)
+    else:
+        sae.batchtopk_threshold.mul_(decay).add_((1 - decay) * threshold)
+
+
+class BatchTopK(Variant):
+    name = "batchtopk"
+    saelens_architecture = "jumprelu"
+    sparsity_loss_name = "auxk"
+    uses_sparsity_coefficient = False
+
+    def activate(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+        """The batch's top k·N at train time (`sae.training`), the tracked threshold at inference."""
+        if sae.training:
+            threshold = batch_topk_threshold(pre.detach(), sae.cfg.k).float().clamp_min(0)
+            track_threshold(sae, threshold)
+            return pre * (pre >= threshold)  # threshold >= 0, so this is ReLU'd too
+        return pre * (pre > sae.batchtopk_threshold)
+
+    def threshold(self, sae: SparseAutoencoder) -> torch.Tensor:
+        return sae.batchtopk_threshold.expand(sae.cfg.d_sae)
+
+    def load_threshold(self, sae: SparseAutoencoder, threshold: torch.Tensor) -> None:
+        sae.batchtopk_threshold.copy_(threshold.max())
+
+    def sparsity_loss(
+        self, state: TrainState, pre: torch.Tensor, f: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        return auxk_loss(state.sae, pre, residual, state.dead_mask, state.cfg.aux_k)

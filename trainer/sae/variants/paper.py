@@ -1,0 +1,135 @@
+"""paper: the recipe of Bricken et al. 2023 ("Towards Monosemanticity", appendix "Autoencoder
+Training"), the one we reproduce.
+
+    f = ReLU((x − b_dec) W_enc + b_enc);   L = (1/N) Σ_n ‖x_n − x̂_n‖² + λ_t · (1/N) Σ_n ‖f_n‖₁
+
+Decoder rows are kept at unit norm (the gradient's parallel part removed before Adam, rows
+renormalised after), and dead latents are resampled at `resample_fractions` of the run (appendix
+"Neuron Resampling", trainer.sae.resample).
+
+Speed: a hand-written backward (`PaperLossFunction`) with a bf16 encoder matmul, which touches only
+the active latents once activations are sparse.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.sae.sparse_ops import per_sample_weight_grads, sparse_parameter_grads
+from trainer.sae.variants.base import LossTerms, Variant, compute_dtype
+
+if TYPE_CHECKING:
+    from trainer.sae.autoencoder import SparseAutoencoder
+    from trainer.sae.state import TrainState
+
+# The step goes sparse below this fraction of non-zero activations (break-even here ~3%).
+SPARSE_BELOW = 0.02
+
+
+class PaperLossFunction(torch.autograd.Function):
+    """The paper's loss ‖x − x̂‖² + λ‖f‖₁ (batch means) with a hand-written backward. Inputs are the
+    fp32 master weights; matmuls run in `dtype`. Returns (loss, mse, l1, f).
+
+    While f is dense (early in training) the rest is four more matmuls and a few in-place passes
+    over [N, d_sae], where autograd adds casts and copies of that size. Once fewer than
+    `sparse_below` of the entries of f are non-zero (a trained SAE's L0 is ~1% of d_sae), the
+    decoder and every gradient touch only those entries, as in TopKLossFunction."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        W_enc: torch.Tensor,
+        W_dec: torch.Tensor,
+        b_enc: torch.Tensor,
+        b_dec: torch.Tensor,
+        l1_coefficient: float,
+        dtype: torch.dtype,
+        sparse_below: float,
+    ) -> tuple[torch.Tensor, ...]:
+        n = x.shape[0]
+        x_low, W_enc_low = x.to(dtype), W_enc.to(dtype)
+        bias = b_enc - b_dec @ W_enc  # (x − b_dec) W_enc + b_enc = x W_enc + bias
+        f = torch.addmm(bias.to(dtype), x_low, W_enc_low).relu_()  # [N, d_sae]
+        ctx.sparse = int(torch.count_nonzero(f)) < sparse_below * f.numel()
+        if ctx.sparse:
+            nonzero = f.nonzero()  # [E, 2] (row, latent), grouped by row
+            rows, latents = nonzero[:, 0], nonzero[:, 1]
+            values = f[rows, latents].float()
+            counts = torch.bincount(rows, minlength=n)
+            offsets = torch.cumsum(counts, 0) - counts
+            x_hat = F.embedding_bag(latents, W_dec, offsets, mode="sum", per_sample_weights=values)
+            residual = x_hat.add_(b_dec).sub_(x)  # x̂ − x, [N, d_in]
+            l1 = values.sum() / n
+            ctx.save_for_backward(x, W_enc, W_dec, b_dec, rows, latents, values, offsets, residual)
+        else:
+            W_dec_low = W_dec.to(dtype)
+            residual = torch.addmm(b_dec.to(dtype), f, W_dec_low).float().sub_(x)  # x̂ − x, [N, d_in]
+            l1 = f.sum(dtype=torch.float32) / n
+            ctx.save_for_backward(x_low, W_enc, W_enc_low, W_dec_low, b_dec, f, residual)
+        mse = residual.pow(2).sum() / n
+        ctx.l1_coefficient, ctx.n = l1_coefficient, n
+        ctx.mark_non_differentiable(mse, l1, f)
+        return mse + l1_coefficient * l1, mse, l1, f
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        scale = float(grad_loss) / ctx.n
+        if ctx.sparse:
+            return (None, *PaperLossFunction._sparse_backward(ctx, scale), None, None, None)
+        x_low, W_enc, W_enc_low, W_dec_low, b_dec, f, residual = ctx.saved_tensors
+        grad_x_hat = residual.mul_(2 * scale)  # [N, d_in] fp32; the residual is not needed again
+        grad_x_hat_low = grad_x_hat.to(f.dtype)
+        grad_W_dec = (f.T @ grad_x_hat_low).float()
+        grad_f = grad_x_hat_low @ W_dec_low.T  # [N, d_sae]
+        # d‖f‖₁/df = 1 where f > 0; ReLU's derivative masks the rest.
+        grad_pre = grad_f.add_(ctx.l1_coefficient * scale).mul_(f > 0)
+        grad_W_enc = (x_low.T @ grad_pre).float()
+        grad_b_enc = grad_pre.sum(0, dtype=torch.float32)
+        # bias = b_enc − b_dec W_enc: its gradient flows to b_dec and W_enc as well.
+        grad_W_enc.sub_(torch.outer(b_dec, grad_b_enc))
+        grad_b_dec = grad_x_hat.sum(0) - W_enc @ grad_b_enc
+        return None, grad_W_enc, grad_W_dec, grad_b_enc, grad_b_dec, None, None, None
+
+    @staticmethod
+    def _sparse_backward(ctx: Any, scale: float) -> tuple[torch.Tensor, ...]:
+        x, W_enc, W_dec, b_dec, rows, latents, values, offsets, residual = ctx.saved_tensors
+        grad_x_hat = residual.mul_(2 * scale)
+        # Every stored entry is > 0, so ReLU passes its gradient and d‖f‖₁/df = 1.
+        grad_values = per_sample_weight_grads(grad_x_hat, W_dec, latents, offsets, rows)
+        grad_values.add_(ctx.l1_coefficient * scale)
+        return sparse_parameter_grads(
+            x, W_enc, b_dec, grad_x_hat, latents, (grad_x_hat, rows, values), rows, grad_values
+        )
+
+
+class Paper(Variant):
+    name = "paper"
+    saelens_architecture = "standard"
+    sparsity_loss_name = "l1"
+    resamples = True
+
+    def activate(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre)
+
+    def sparsity_loss(
+        self, state: TrainState, pre: torch.Tensor, f: torch.Tensor, residual: torch.Tensor
+    ) -> torch.Tensor:
+        return f.sum(dtype=torch.float32) / f.shape[0]  # f >= 0, so this is ‖f‖₁
+
+    def loss_terms(self, state: TrainState, x: torch.Tensor, step: int, count_active: bool) -> LossTerms:
+        sae, cfg = state.sae, state.cfg
+        loss, mse, l1, f = PaperLossFunction.apply(
+            x,
+            sae.W_enc,
+            sae.W_dec,
+            sae.b_enc,
+            sae.b_dec,
+            self.sparsity_weight(cfg, step),
+            compute_dtype(cfg),
+            SPARSE_BELOW,
+        )
+        return LossTerms.from_codes(loss, mse, l1, f, count_active)
