@@ -45,6 +45,12 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--d-sae", "sae.d_sae", int, "number of SAE features"),
         ("--l1-coefficient", "sae.l1_coefficient", float, "sparsity penalty (paper, l1_decnorm, jumprelu)"),
         ("--k", "sae.k", int, "active latents per token (topk, batchtopk)"),
+        (
+            "--target-l0",
+            "sae.target_l0",
+            float,
+            "adapt λ during training so that L0 lands here (paper, l1_decnorm, jumprelu)",
+        ),
         ("--sae-tokens", "sae.n_tokens", int, "training tokens"),
         ("--sae-lr", "sae.lr", float, "Adam learning rate"),
         (

@@ -101,16 +101,36 @@ class SAEConfig:
     d_in: int = 512
     d_sae: int = 4096
     variant: SAEVariant = "paper"
-    l1_coefficient: float = 5e-3  # paper / l1_decnorm; jumprelu uses it for its L0 penalty
+    # λ: paper / l1_decnorm's L1 penalty, jumprelu's L0 penalty. On normalised inputs Anthropic's 5
+    # fits any model; with target_l0 it is only the controller's starting point.
+    l1_coefficient: float = 5.0
     k: int = 32  # topk / batchtopk
     aux_k: int = 256  # AuxK latents for topk / batchtopk (Gao et al. 2024)
     aux_coefficient: float = 1 / 32
-    jumprelu_init_threshold: float = 1e-3
-    jumprelu_bandwidth: float = 1e-3
+    # In normalised units (latents' activations are O(1) there). Thresholds are learned in log space
+    # at Adam's pace, so in a short run they must start near where they end: 1e-3 (Rajamanoharan
+    # et al.'s, for far longer runs) left L0 at ~half of d_sae after 1,200 steps.
+    jumprelu_init_threshold: float = 0.5
+    jumprelu_bandwidth: float = 0.2
+    # λ is adapted during training so that L0 lands here (paper, l1_decnorm, jumprelu): see
+    # trainer.sae.train.adapt_sparsity_coefficient. None: λ stays l1_coefficient.
+    target_l0: float | None = None
+    target_l0_gain: float = 0.05  # per step, log λ moves by gain × log((L0 + 1) / (target + 1))
+    # Train on x · s with s = √d_in / mean ‖x‖ (Anthropic, April 2024), so λ, lr and the init mean
+    # the same on any model's activations; s is folded into the saved weights (trainer.sae.autoencoder).
+    normalize_activations: bool = True
+    # The encoder starts as init_norm × the decoder's transpose; l1_decnorm's decoder rows start at
+    # norm init_norm (the other variants keep unit-norm rows). None: the variant's default
+    # (Variant.default_init_norm: 0.1 for the L1-style variants, 1.0, the tied unit init, for TopK).
+    init_norm: float | None = None
     lr: float = 1e-3
+    lr_warmup_fraction: float = 0.05  # linear warm-up from 0 over this fraction of the steps
+    lr_decay_fraction: float = 0.2  # linear decay to 0 over this last fraction of the steps
     batch_size: int = 4096
     n_tokens: int = 4_000_000
-    l1_warmup_fraction: float = 0.05
+    # λ ramps up from 0 over this fraction of the run: features form before the penalty bites. At
+    # 0.05 (the paper's) a short run at L0 3-16 ended with 14-30% dead and worse directions.
+    l1_warmup_fraction: float = 0.5
     resample_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # paper recipe only
     dead_window_fraction: float = 0.1  # "dead" = no firing in this fraction of the run
     checkpoint_interval: int = 200  # steps
@@ -126,6 +146,22 @@ class SAEConfig:
         _check(0 < self.k <= self.d_sae, "sae.k must be in (0, d_sae]")
         _check(self.batch_size > 0 and self.n_tokens >= self.batch_size, "sae.n_tokens must be >= batch_size")
         _check(all(0 < f < 1 for f in self.resample_fractions), "sae.resample_fractions must be in (0, 1)")
+        _check(
+            0 <= self.lr_warmup_fraction
+            and 0 <= self.lr_decay_fraction
+            and self.lr_warmup_fraction + self.lr_decay_fraction <= 1,
+            "sae.lr_warmup_fraction and sae.lr_decay_fraction must be >= 0 and sum to at most 1",
+        )
+        _check(self.init_norm is None or self.init_norm > 0, "sae.init_norm must be positive")
+        if self.target_l0 is not None:
+            _check(
+                0 < self.target_l0 < self.d_sae,
+                f"sae.target_l0 {self.target_l0} cannot be reached: it must be in (0, d_sae = {self.d_sae})",
+            )
+            _check(
+                self.variant not in ("topk", "batchtopk"),
+                f"sae.target_l0 is for the L1-style variants; {self.variant} sets its L0 with sae.k",
+            )
 
     @property
     def n_steps(self) -> int:
@@ -231,6 +267,21 @@ class RunConfig:
 
 # ---------------------------------------------------------------------------- presets
 
+# The SAE recipe of Towards Monosemanticity, as fractions of the run (`--preset paper`, or
+# `--set` each field); the defaults above are the recipe that works in short runs (README).
+PAPER_RECIPE: dict[str, Any] = {
+    "variant": "paper",
+    "normalize_activations": False,
+    "init_norm": 1.0,
+    "lr": 1e-3,
+    "lr_warmup_fraction": 0.0,
+    "lr_decay_fraction": 0.0,
+    "l1_coefficient": 0.25,
+    "l1_warmup_fraction": 0.05,
+    "resample_fractions": (0.025, 0.05, 0.075, 0.1),
+    "dead_window_fraction": 0.0125,
+}
+
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The whole chain in well under a minute: for tests.
     "tiny": {
@@ -251,7 +302,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "batch_size": 512,
             "n_tokens": 40_000,
             "checkpoint_interval": 20,
-            "l1_coefficient": 1e-3,
         },
         "eval": {"n_tokens": 8_000, "batch_contexts": 32},
         "analysis": {"n_tokens": 20_000, "n_top_examples": 20, "tokens_per_batch": 4096},
@@ -264,13 +314,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {},
         "lm": {"n_steps": 800, "batch_size": 32, "eval_interval": 100, "checkpoint_interval": 100},
         "harvest": {"n_tokens": 3_000_000},
-        # l1 0.25: L0 about 40-60 on this model's activations (MSE is summed over the 512 dimensions).
+        # TopK, k 16: the paper's L0 target (below 10-20) with the best CE loss recovered for the
+        # budget (README, "SAE quality"); the paper's recipe is `--preset paper` (or its fields).
         "sae": {
+            "variant": "topk",
+            "k": 16,
             "d_sae": 4096,
             "n_tokens": 3_000_000,
             "batch_size": 4096,
             "checkpoint_interval": 100,
-            "l1_coefficient": 0.25,
         },
         "eval": {"n_tokens": 200_000},
         "analysis": {"n_tokens": 1_000_000},
@@ -282,7 +334,10 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"n_ctx": 256},
         "lm": {"n_steps": 40_000, "batch_size": 64, "eval_interval": 1000, "checkpoint_interval": 1000},
         "harvest": {"n_tokens": 100_000_000},
-        "sae": {"d_sae": 4096, "n_tokens": 400_000_000, "checkpoint_interval": 2000, "l1_coefficient": 0.25},
+        # The paper's recipe itself (Bricken et al. 2023, appendix): raw activations, tied unit-norm
+        # init, a constant lr, fixed λ, neuron resampling at 25k/50k/75k/100k of 1M steps with
+        # "dead" = silent for the last 12.5k steps. (The paper's init was untied Kaiming-uniform.)
+        "sae": PAPER_RECIPE | {"d_sae": 4096, "n_tokens": 400_000_000, "checkpoint_interval": 2000},
         "eval": {"n_tokens": 1_000_000},
         "analysis": {"n_tokens": 10_000_000},
     },

@@ -48,6 +48,7 @@ class EvalResult:
     density_hist_counts: list[int]
     n_zero_density: int  # features that never fired, outside the histogram
     feature_density: np.ndarray = field(repr=False)  # [d_sae] fraction of tokens each feature fired on
+    training: dict[str, Any] = field(default_factory=dict)  # the SAE's training record (λ reached, ...)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, without the per-feature array (saved beside it as feature_density.npy)."""
@@ -144,6 +145,7 @@ def evaluate_sae(
         density_hist_counts=counts,
         n_zero_density=n_zero,
         feature_density=feature_density,
+        training=dict(sae.training_record),
     )
     if out_dir is not None:
         save_eval(result, Path(out_dir))

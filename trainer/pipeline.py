@@ -153,8 +153,9 @@ def run_train_sae(cfg: RunConfig, resume: bool = False, activations_file: str | 
         result = train_sae(cfg, source, cfg.sae_dir, resume=resume, device=rank_device(cfg.device))
     if result.final is not None and is_main_process():
         print(
-            f"train-sae: {cfg.sae.variant} {cfg.sae.d_in}->{cfg.sae.d_sae}, mse {result.final.mse:.4g}, "
-            f"L0 {result.final.l0:.1f}, dead {result.final.dead}, saved to {cfg.sae_dir}"
+            f"train-sae: {cfg.sae.variant} {result.sae.cfg.d_in}->{cfg.sae.d_sae}, mse {result.final.mse:.4g}"
+            f" (normalised inputs), L0 {result.final.l0:.1f}, dead {result.final.dead}, λ "
+            f"{result.sae.training_record['sparsity_coefficient']:.4g}, saved to {cfg.sae_dir}"
         )
     return result
 

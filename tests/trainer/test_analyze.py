@@ -24,7 +24,9 @@ def tiny_setup(seed: int = 0) -> tuple[OneLayerTransformer, SparseAutoencoder, n
     model = OneLayerTransformer(
         ModelConfig(vocab_size=VOCAB, n_ctx=N_CTX, d_model=32, n_heads=2, d_mlp=D_MLP)
     ).eval()
-    sae = SparseAutoencoder(SAEConfig(d_in=D_MLP, d_sae=D_SAE, n_tokens=4096, batch_size=512), seed=seed)
+    sae = SparseAutoencoder(
+        SAEConfig(d_in=D_MLP, d_sae=D_SAE, n_tokens=4096, batch_size=512, init_norm=1.0), seed=seed
+    )
     with torch.no_grad():
         sae.b_enc.copy_(torch.linspace(-0.15, 0.0, D_SAE))  # a spread of densities, some near-dead
     tokens = np.random.default_rng(seed).integers(0, VOCAB, 5000).astype(np.uint16)

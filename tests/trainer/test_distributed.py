@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from trainer import cli
+from trainer.config import PAPER_RECIPE
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -54,6 +55,13 @@ def _args(variant: str, acts: Path, out_dir: Path) -> list[str]:
         "sae.dead_window_fraction": 0.05,
         "sae.checkpoint_interval": 10,
     }
+    if variant == "paper":
+        # The paper's own recipe (raw inputs, tied unit-norm init, constant lr, short λ warm-up): it
+        # kills latents fast enough to resample within 40 steps. From the default small encoder,
+        # latents near their ReLU edge flip on fp32 rounding and the runs part by ~1e-4 in 6 steps.
+        for key in ("normalize_activations", "init_norm", "lr_warmup_fraction", "lr_decay_fraction"):
+            overrides[f"sae.{key}"] = repr(PAPER_RECIPE[key])
+        overrides["sae.l1_warmup_fraction"] = repr(PAPER_RECIPE["l1_warmup_fraction"])
     sets = [item for key, value in overrides.items() for item in ("--set", f"{key}={value}")]
     return ["train-sae", "--preset", "tiny", "--out-dir", str(out_dir), "--activations", str(acts), *sets]
 

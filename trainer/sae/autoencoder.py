@@ -45,17 +45,26 @@ class SparseAutoencoder(nn.Module):
         self.cfg = cfg
         self.variant = get_variant(cfg.variant)
         generator = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
-        # Anthropic's init: random unit-norm dictionary rows, encoder tied to the decoder's transpose.
+        # Anthropic's init (April 2024 update): random dictionary directions, the encoder the
+        # decoder's transpose, both small (init_norm): with d_sae ≫ d_in and half the latents
+        # active at first, a unit-norm tied init reconstructs ~d_sae/(2 d_in) × x and spends the
+        # short runs we can afford undoing that. Unit-norm variants keep unit decoder rows.
+        init_norm = self.variant.default_init_norm if cfg.init_norm is None else cfg.init_norm
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=generator)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
+        if not self.variant.unit_norm_decoder:
+            W_dec *= init_norm
+        W_enc = W_dec.T.clone() if not self.variant.unit_norm_decoder else W_dec.T * init_norm
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())
+        self.W_enc = nn.Parameter(W_enc.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.variant.add_parameters(self)
         # batchtopk's inference threshold: a running mean of the smallest kept activation per batch.
         # Every variant has it, so that every checkpoint and state_dict has the same layout.
         self.register_buffer("batchtopk_threshold", torch.zeros(()))
+        # How it was trained (input scale, the λ reached, ...): saved in cfg.json under "training".
+        self.training_record: dict[str, Any] = {}
 
     @property
     def threshold(self) -> torch.Tensor | None:
@@ -120,6 +129,16 @@ class SparseAutoencoder(nn.Module):
         parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
         self.W_dec.grad -= parallel * self.W_dec
 
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Trained on x · scale, read raw x instead: every latent's activation (and threshold) and
+        both biases divide by `scale`, the dictionary directions stay as they are."""
+        threshold = self.threshold
+        self.b_enc.div_(scale)
+        self.b_dec.div_(scale)
+        if threshold is not None:
+            self.variant.load_threshold(self, threshold / scale)
+
     # ------------------------------------------------------------------ save / load
 
     def weights_for_saving(self) -> dict[str, torch.Tensor]:
@@ -158,6 +177,7 @@ class SparseAutoencoder(nn.Module):
             **meta,
             "meta": meta,
             "monosemantic": dataclasses.asdict(self.cfg),
+            "training": self.training_record,
         }
         cfg.update(self.variant.saelens_fields(self.cfg))
         return cfg
@@ -207,6 +227,7 @@ class SparseAutoencoder(nn.Module):
                 getattr(sae, name).copy_(tensors[name].float())
             if "threshold" in expected:
                 sae.variant.load_threshold(sae, tensors["threshold"].float())
+        sae.training_record = dict(saved.get("training") or {})
         return sae.eval()
 
 

@@ -27,6 +27,7 @@ class ActivationSource(Iterator[torch.Tensor]):
     Each pass ("epoch") visits the shards in a seeded random order; `shuffle_rows` also permutes
     the rows of each shard per epoch (for a user's file; harvested shards are shuffled already).
     `state_dict()` is taken between batches, so a resumed run reads exactly the same batches.
+    Batches are multiplied by `scale` (the training's input normalisation, set by its state).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class ActivationSource(Iterator[torch.Tensor]):
         self.shuffle_rows, self.name = shuffle_rows, name
         self.epoch, self.shard_pos, self.row = 0, 0, 0
         self.local_rows = slice(None)  # under data parallelism, this rank's part of each batch
+        self.scale = 1.0
         self._cache: tuple[tuple[int, int], np.ndarray] | None = None
 
     @property
@@ -87,12 +89,22 @@ class ActivationSource(Iterator[torch.Tensor]):
         """This process's rows (`local_rows`) of the next global batch; all of it in one process."""
         pieces = _slice_pieces(self._next_pieces(), self.local_rows)
         batch = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
-        return torch.from_numpy(np.asarray(batch, dtype=np.float32))
+        return self._checked(torch.from_numpy(np.asarray(batch, dtype=np.float32)))
 
     def take_rows(self, n_rows: int) -> torch.Tensor:
         """The next `n_rows` rows of whole global batches (every process gets all of them), fp32."""
         batches = [np.concatenate(self._next_pieces()) for _ in range(math.ceil(n_rows / self.batch_size))]
-        return torch.from_numpy(np.asarray(np.concatenate(batches)[:n_rows], dtype=np.float32))
+        return self._checked(torch.from_numpy(np.asarray(np.concatenate(batches)[:n_rows], dtype=np.float32)))
+
+    def _checked(self, batch: torch.Tensor) -> torch.Tensor:
+        """`batch` × scale, refused if it holds a NaN or Inf (a corrupt shard, an overflowed fp16)."""
+        if not bool(torch.isfinite(batch).all()):
+            raise ActivationShapeError(
+                f"activations in {self.name} hold NaN or Inf values (epoch {self.epoch}, shard "
+                f"{self.shard_pos}, near row {self.row}): fix or re-harvest them"
+            )
+        # Out of place: `batch` may be a view of a user's in-memory array, which must not change.
+        return batch * self.scale if self.scale != 1.0 else batch
 
     def state_dict(self) -> dict[str, int]:
         return {
@@ -125,13 +137,17 @@ def _slice_pieces(pieces: list[np.ndarray], rows: slice) -> list[np.ndarray]:
     return kept
 
 
-def _check_width(shape: tuple[int, ...], d_in: int, name: str) -> None:
+def _check_width(shape: tuple[int, ...], d_in: int | None, name: str) -> int:
+    """The width of [n_rows, width] activations, checked against `d_in` when one is required."""
     if len(shape) != 2:
-        raise ActivationShapeError(f"activations in {name} have shape {shape}; expected [n_rows, {d_in}]")
-    if shape[1] != d_in:
+        raise ActivationShapeError(f"activations in {name} have shape {shape}; expected [n_rows, d_in]")
+    if shape[0] == 0:
+        raise ActivationShapeError(f"activations in {name} have no rows")
+    if d_in is not None and shape[1] != d_in:
         raise ActivationShapeError(
             f"activations in {name} have width {shape[1]} but the SAE's d_in is {d_in}"
         )
+    return int(shape[1])
 
 
 def _read_user_file(path: Path) -> np.ndarray:
@@ -155,9 +171,10 @@ def _read_user_file(path: Path) -> np.ndarray:
     )
 
 
-def open_activation_source(path: Path, d_in: int, batch_size: int, seed: int = 0) -> ActivationSource:
+def open_activation_source(path: Path, d_in: int | None, batch_size: int, seed: int = 0) -> ActivationSource:
     """A harvest directory (manifest.json + acts_*.npy shards) or a user's .npy / .safetensors file
-    holding one [N, d_in] array (or a tensor named "activations")."""
+    holding one [N, d_in] array (or a tensor named "activations"). `d_in=None` takes the width
+    from the data; a given one must match it. A user's file is checked for NaN / Inf up front."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no activations at {path}")
@@ -166,6 +183,8 @@ def open_activation_source(path: Path, d_in: int, batch_size: int, seed: int = 0
         if not manifest_path.exists():
             raise FileNotFoundError(f"{path} has no manifest.json (run the harvest stage)")
         manifest = json.loads(manifest_path.read_text())
+        if d_in is None:
+            d_in = int(manifest["d_in"])
         if int(manifest["d_in"]) != d_in:
             raise ActivationShapeError(
                 f"activations in {path} have width {manifest['d_in']} but the SAE's d_in is {d_in}"
@@ -185,8 +204,21 @@ def open_activation_source(path: Path, d_in: int, batch_size: int, seed: int = 0
             loaders, [s[0] for s in shapes], d_in, batch_size, seed, shuffle_rows=False, name=str(path)
         )
     array = _read_user_file(path)
-    _check_width(tuple(array.shape), d_in, str(path))
+    d_in = _check_width(tuple(array.shape), d_in, str(path))
     in_memory = np.ascontiguousarray(array)
+    if not np.issubdtype(in_memory.dtype, np.number):
+        raise ActivationShapeError(f"activations in {path} are {in_memory.dtype}, not numbers")
+    finite = np.concatenate(
+        [
+            np.isfinite(chunk).all(axis=1)
+            for chunk in np.array_split(in_memory, max(1, len(in_memory) // 65_536))
+        ]
+    )
+    if not finite.all():
+        raise ActivationShapeError(
+            f"activations in {path} hold NaN or Inf in {int((~finite).sum())} of {len(finite)} rows "
+            f"(first: row {int(np.argmin(finite))}): drop or fix them"
+        )
     return ActivationSource(
         [lambda: in_memory], [len(in_memory)], d_in, batch_size, seed, shuffle_rows=True, name=str(path)
     )

@@ -102,13 +102,17 @@ def auxk_loss(
     sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, aux_k: int
 ) -> torch.Tensor:
     """Gao et al. 2024's AuxK: the top-aux_k dead latents reconstruct the main reconstruction's error;
-    the squared error is normalised by the error's variance. Zero when no latent is dead."""
+    the squared error is normalised by the error's variance. Zero when no latent is dead.
+
+    The dead latents' pre-activations are used as they are, without the ReLU (as SAELens does): a
+    latent dies with its pre-activation below zero on every input, where a ReLU would pass no
+    gradient and AuxK could never bring it back (dead latents then grew to 10% of the demo SAE)."""
     dead_idx = dead.nonzero().squeeze(1)
     if len(dead_idx) == 0:
         return pre.new_zeros((), dtype=torch.float32)
     pre_dead = pre[:, dead_idx]  # [N, n_dead]
     values, indices = torch.topk(pre_dead, min(aux_k, len(dead_idx)), dim=-1, sorted=False)
-    f_dead = torch.zeros_like(pre_dead).scatter_(-1, indices, values.relu())
+    f_dead = torch.zeros_like(pre_dead).scatter_(-1, indices, values)
     residual_hat = (f_dead @ sae.W_dec[dead_idx].to(f_dead.dtype)).float()
     residual = residual.detach()
     return (residual_hat - residual).pow(2).sum(-1).mean() / batch_variance(residual)

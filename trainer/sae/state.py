@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from trainer.checkpoint import CheckpointError
 from trainer.config import SAEConfig
 from trainer.sae.autoencoder import SparseAutoencoder
-from trainer.sae.source import ActivationSource
+from trainer.sae.source import ActivationShapeError, ActivationSource
 
 B_DEC_INIT_ROWS = 16_384  # inputs whose geometric median initialises b_dec
 
@@ -25,6 +26,8 @@ class StepStats:
     sparsity_loss: float  # before its coefficient; which one is Variant.sparsity_loss_name
     l0: float  # mean number of active latents per input
     dead: int  # latents that have not fired within the dead window
+    sparsity_coefficient: float = 0.0  # λ_t (AuxK's α for topk / batchtopk)
+    lr: float = 0.0
 
 
 @dataclass
@@ -42,6 +45,8 @@ class TrainState:
     generator: torch.Generator  # resampling's randomness, checkpointed
     steps_since_fired: torch.Tensor  # [d_sae] int64
     step: int = 0
+    input_scale: float = 1.0  # batches are x · input_scale (SAEConfig.normalize_activations)
+    log_l1_factor: float = 0.0  # λ = l1_coefficient · e^this, moved by the target-L0 controller
     log: list[dict[str, float]] = field(default_factory=list)
     resamples: list[dict[str, int]] = field(default_factory=list)
 
@@ -63,6 +68,8 @@ class TrainState:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "steps_since_fired": self.steps_since_fired.clone(),
+            "input_scale": self.input_scale,
+            "log_l1_factor": self.log_l1_factor,
             "log": list(self.log),
             "resamples": list(self.resamples),
         }
@@ -95,6 +102,9 @@ class TrainState:
                 f"{str(exc).splitlines()[0]}); delete it to start over"
             ) from exc
         self.step = int(state["step"])
+        self.input_scale = float(state.get("input_scale", 1.0))
+        self.source.scale = self.input_scale
+        self.log_l1_factor = float(state.get("log_l1_factor", 0.0))
         self.log, self.resamples = list(state["log"]), list(state["resamples"])
 
 
@@ -106,12 +116,22 @@ def init_train_state(
     cfg: SAEConfig, source: ActivationSource, device: torch.device | str = "cpu"
 ) -> TrainState:
     """A fresh SAE (b_dec at the geometric median of a data sample) with Adam and counters, on
-    `device`. Every data-parallel rank builds the same one: same seed, same (global) sample."""
+    `device`, and the source set to scale its batches (`input_scale`). Every data-parallel rank
+    builds the same one: same seed, same (global) sample."""
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(cfg).train()
     start = source.state_dict()
-    sae.init_b_dec(source.take_rows(min(B_DEC_INIT_ROWS, source.n_rows)))
+    source.scale = 1.0
+    sample = source.take_rows(min(B_DEC_INIT_ROWS, source.n_rows))  # [rows, d_in]
     source.load_state_dict(start)  # the sample is only peeked at: training starts at the first batch
+    input_scale = 1.0
+    if cfg.normalize_activations:
+        mean_norm = float(sample.norm(dim=1).mean())
+        if not mean_norm > 0:
+            raise ActivationShapeError(f"activations in {source.name} are all zero: nothing to learn")
+        input_scale = math.sqrt(cfg.d_in) / mean_norm
+    source.scale = input_scale
+    sae.init_b_dec(sample * input_scale)
     sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=True)
     return TrainState(
@@ -121,4 +141,5 @@ def init_train_state(
         source=source,
         generator=torch.Generator().manual_seed(cfg.seed + 1),
         steps_since_fired=torch.zeros(cfg.d_sae, dtype=torch.long, device=sae.W_dec.device),
+        input_scale=input_scale,
     )

@@ -13,7 +13,9 @@ batch; one all-reduce per step sums the gradients and the step's statistics.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,36 @@ from trainer.sae.state import StepStats, TrainState, init_train_state
 CHECKPOINT_FILE = "checkpoint.pt"
 TRAINING_LOG_FILE = "training_log.json"
 LOG_POINTS = 500  # about this many rows in training_log.json
+
+
+# ---------------------------------------------------------------------------- the schedules
+
+
+def learning_rate(cfg: SAEConfig, step: int) -> float:
+    """Adam's lr at `step` (1-based): linear warm-up over the first lr_warmup_fraction of the run,
+    flat, then linear decay to 0 over the last lr_decay_fraction (Anthropic, April 2024: decay
+    over the last 20%). The decay lets a short run settle instead of ending mid-stride."""
+    n_steps = cfg.n_steps
+    warmup, decay = round(cfg.lr_warmup_fraction * n_steps), round(cfg.lr_decay_fraction * n_steps)
+    factor = 1.0
+    if warmup > 0:
+        factor = min(factor, step / warmup)
+    if decay > 0:
+        factor = min(factor, (n_steps - step + 1) / decay)
+    return cfg.lr * factor
+
+
+def adapt_sparsity_coefficient(state: TrainState, l0: float) -> None:
+    """The target-L0 controller: after λ's warm-up, nudge log λ by gain · log((L0 + 1)/(target + 1))
+    (clipped to ±gain per step), so that λ grows while the batch's L0 is above the target and
+    shrinks below it. Multiplicative steps find λ's scale whatever the data (it spans decades)."""
+    cfg = state.cfg
+    if cfg.target_l0 is None or not state.sae.variant.uses_sparsity_coefficient:
+        return
+    if state.step <= round(cfg.l1_warmup_fraction * cfg.n_steps):
+        return
+    error = math.log((l0 + 1.0) / (cfg.target_l0 + 1.0))
+    state.log_l1_factor += cfg.target_l0_gain * max(-1.0, min(1.0, error))
 
 
 # ---------------------------------------------------------------------------- the steps
@@ -54,8 +86,11 @@ def all_reduce_step(sae: SparseAutoencoder, stats: torch.Tensor) -> torch.Tensor
 def train_step(state: TrainState, x: torch.Tensor, compute_l0: bool = True) -> StepStats:
     """One Adam step on the batch x [N, d_in] (this process's rows of it under data parallelism);
     updates the fired-recently counters."""
-    sae = state.sae
+    sae, cfg = state.sae, state.cfg
     step = state.step + 1
+    compute_l0 = compute_l0 or cfg.target_l0 is not None  # the controller reads every step's L0
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, step)
     terms = sae.variant.loss_terms(state, x, step, count_active=compute_l0)
     state.optimizer.zero_grad(set_to_none=True)
     terms.loss.backward()
@@ -78,13 +113,17 @@ def train_step(state: TrainState, x: torch.Tensor, compute_l0: bool = True) -> S
         state.steps_since_fired = torch.where(fired, 0, state.steps_since_fired + 1)
     loss, mse, sparsity, n_active = stats[:4].tolist()
     state.step = step
+    l0 = n_active / (x.shape[0] * size) if compute_l0 else float("nan")
+    adapt_sparsity_coefficient(state, l0)
     return StepStats(
         step=step,
         loss=loss,
         mse=mse,
         sparsity_loss=sparsity,
-        l0=n_active / (x.shape[0] * size) if compute_l0 else float("nan"),
+        l0=l0,
         dead=int(state.dead_mask.sum()),
+        sparsity_coefficient=sae.variant.sparsity_weight(state, step),
+        lr=learning_rate(cfg, step),
     )
 
 
@@ -119,6 +158,8 @@ def _log_row(stats: StepStats) -> dict[str, float]:
         "sparsity_loss": stats.sparsity_loss,
         "l0": stats.l0,
         "dead": stats.dead,
+        "sparsity_coefficient": stats.sparsity_coefficient,
+        "lr": stats.lr,
     }
 
 
@@ -153,13 +194,15 @@ def train_sae(
     if device is None:
         device = cfg.device if isinstance(cfg, RunConfig) else "cpu"
     context_size = cfg.model.n_ctx if isinstance(cfg, RunConfig) else None
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     source = (
         activations
         if isinstance(activations, ActivationSource)
-        else open_activation_source(Path(activations), sae_cfg.d_in, sae_cfg.batch_size, sae_cfg.seed)
+        else open_activation_source(Path(activations), None, sae_cfg.batch_size, sae_cfg.seed)
     )
+    # The SAE's width is the data's: nobody sets d_in by hand.
+    sae_cfg = dataclasses.replace(sae_cfg, d_in=source.d_in)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     source.local_rows = rank_rows(sae_cfg.batch_size)
     state = init_train_state(sae_cfg, source, device)
     checkpoint_path = out_dir / CHECKPOINT_FILE
@@ -192,6 +235,17 @@ def train_sae(
             on_step(state, final)
     bar.close()
     state.sae.eval()
+    # Trained on x · s: fold s in, so the saved SAE reads raw activations (SAELens's
+    # normalize_activations "none") and reports activations in their units.
+    state.sae.fold_input_scale(state.input_scale)
+    state.sae.training_record = {
+        "input_scale": state.input_scale,
+        "sparsity_coefficient": state.sae.variant.sparsity_weight(state, n_steps),
+        "target_l0": sae_cfg.target_l0,
+        "n_steps": n_steps,
+        "n_tokens": n_steps * sae_cfg.batch_size,
+        "activations": source.name,
+    }
     if is_main_process():
         state.sae.save(out_dir, model_name=model_name, context_size=context_size)
         write_training_log(state, out_dir)

@@ -19,7 +19,6 @@ def sae_cfg(**overrides: object) -> SAEConfig:
         "batch_size": 256,
         "n_tokens": 256 * 40,
         "k": 3,
-        "l1_coefficient": 0.3,
         "lr": 1e-2,
         "checkpoint_interval": 10,
         "seed": 0,
@@ -80,3 +79,26 @@ def open_activation_source_from(rows: np.ndarray, batch_size: int = 64) -> Activ
     """A source cycling over `rows` [N, d_in] in order."""
     rows = rows.astype(np.float32)
     return ActivationSource([lambda: rows], [len(rows)], rows.shape[1], batch_size, 0, False, "test")
+
+
+def planted_superposition(
+    n_rows: int,
+    d_in: int = 64,
+    n_features: int = 256,
+    mean_active: float = 3.0,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Activations as users bring them: n_features (4 × d_in) random unit directions in superposition,
+    feature i active with probability ∝ 1/(i+1)^0.7 (power law, mean_active per row in all), each
+    with a non-negative heavy-tailed magnitude 0.5 + Exp(1), plus Gaussian noise on every dimension.
+    Returns (rows [n_rows, d_in] fp32, directions [n_features, d_in], the planted mean L0)."""
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((n_features, d_in))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    frequency = 1.0 / np.arange(1, n_features + 1) ** 0.7
+    frequency = np.minimum(frequency / frequency.sum() * mean_active, 0.5)
+    active = rng.random((n_rows, n_features)) < frequency
+    magnitudes = np.where(active, 0.5 + rng.exponential(1.0, (n_rows, n_features)), 0.0)
+    rows = magnitudes @ directions + noise * rng.standard_normal((n_rows, d_in))
+    return rows.astype(np.float32), directions, float(active.sum(1).mean())

@@ -13,12 +13,29 @@ from safetensors.torch import load_file
 from trainer.sae import SparseAutoencoder
 
 
-def test_init_is_anthropics_tied_unit_norm() -> None:
-    sae = SparseAutoencoder(tiny_cfg())
-    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(48), atol=1e-6)
-    assert torch.equal(sae.W_enc, sae.W_dec.T)
+def test_init_is_anthropics_small_tied_transpose() -> None:
+    sae = SparseAutoencoder(tiny_cfg(init_norm=0.1))
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(48), atol=1e-6)  # unit-norm variant
+    assert torch.allclose(sae.W_enc, 0.1 * sae.W_dec.T)
     assert torch.equal(sae.b_enc, torch.zeros(48)) and torch.equal(sae.b_dec, torch.zeros(16))
     assert sae.W_enc.shape == (16, 48) and sae.W_dec.shape == (48, 16)
+    # l1_decnorm has no norm constraint: its decoder rows start small and the encoder is their transpose.
+    free = SparseAutoencoder(tiny_cfg(variant="l1_decnorm", init_norm=0.1))
+    assert torch.allclose(free.W_dec.norm(dim=1), torch.full((48,), 0.1), atol=1e-6)
+    assert torch.equal(free.W_enc, free.W_dec.T)
+
+
+@pytest.mark.parametrize("variant", ["paper", "l1_decnorm", "topk", "batchtopk", "jumprelu"])
+def test_folding_the_input_scale_reads_raw_inputs(variant: str) -> None:
+    """An SAE trained on x · s, folded, gives on x its reconstruction / s and its activations / s."""
+    sae = perturbed(SparseAutoencoder(tiny_cfg(variant=variant))).eval()
+    x = torch.randn(64, 16).abs()
+    scale = 3.7
+    x_hat_scaled, f_scaled = sae(x * scale)
+    sae.fold_input_scale(scale)
+    x_hat, f = sae(x)
+    assert torch.allclose(x_hat, x_hat_scaled / scale, atol=1e-5)
+    assert torch.allclose(f, f_scaled / scale, atol=1e-5)
 
 
 def test_init_b_dec_geometric_median_resists_outliers() -> None:

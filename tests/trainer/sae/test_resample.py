@@ -38,8 +38,9 @@ def test_resampling_reinitialises_dead_latents_and_their_adam_state(data_file) -
     assert result.n_dead == 48 and state.resamples == [{"step": 15, "n_dead": 48}]
     assert torch.equal(sae.b_enc[dead], torch.zeros(48))
     assert torch.allclose(sae.W_dec[dead].norm(dim=1), torch.ones(48), atol=1e-5)
-    # Each new dictionary vector is the direction of a real input, centred by b_dec.
-    centred = torch.from_numpy(acts) - sae.b_dec.detach()
+    # Each new dictionary vector is the direction of a real input as the SAE sees it (normalised),
+    # centred by b_dec.
+    centred = torch.from_numpy(acts) * state.input_scale - sae.b_dec.detach()
     centred = centred / centred.norm(dim=1, keepdim=True)
     assert (sae.W_dec[dead].detach() @ centred.T).max(dim=1).values.min() > 0.9999
     expected_enc = sae.W_dec[dead].T * 0.2 * mean_alive_norm

@@ -10,6 +10,7 @@ import torch
 from saedata import sae_cfg, write_harvest
 from safetensors.numpy import save_file
 
+from trainer.checkpoint import CheckpointError
 from trainer.sae import ActivationShapeError, open_activation_source, train_sae
 
 
@@ -18,8 +19,6 @@ def test_width_mismatch_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ActivationShapeError, match="width 10 but the SAE's d_in is 32") as excinfo:
         open_activation_source(tmp_path / "narrow.npy", 32, 16)
     assert "\n" not in str(excinfo.value)
-    with pytest.raises(ActivationShapeError, match="width 10"):
-        train_sae(sae_cfg(), tmp_path / "narrow.npy", tmp_path / "out", progress=False)
     save_file(
         {"activations": np.zeros((100, 10), dtype=np.float32), "other": np.zeros(3, dtype=np.float32)},
         str(tmp_path / "narrow.safetensors"),
@@ -27,8 +26,52 @@ def test_width_mismatch_is_a_one_line_error(tmp_path: Path) -> None:
     with pytest.raises(ActivationShapeError, match="width 10"):
         open_activation_source(tmp_path / "narrow.safetensors", 32, 16)
     np.save(tmp_path / "flat.npy", np.zeros(100, dtype=np.float32))
-    with pytest.raises(ActivationShapeError, match="expected \\[n_rows, 32\\]"):
+    with pytest.raises(ActivationShapeError, match="expected \\[n_rows, d_in\\]"):
         open_activation_source(tmp_path / "flat.npy", 32, 16)
+
+
+def test_the_width_comes_from_the_data(tmp_path: Path) -> None:
+    """d_in is the file's width whatever the config says; resuming on other-width data is refused."""
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "wide.npy", rng.random((2048, 24), dtype=np.float32))
+    result = train_sae(
+        sae_cfg(d_in=512, n_tokens=256 * 4), tmp_path / "wide.npy", tmp_path / "out", progress=False
+    )
+    assert result.sae.cfg.d_in == 24 and result.sae.W_dec.shape == (192, 24)
+    assert open_activation_source(tmp_path / "wide.npy", None, 16).d_in == 24
+    np.save(tmp_path / "other.npy", rng.random((2048, 20), dtype=np.float32))
+    weights = (tmp_path / "out" / "sae_weights.safetensors").read_bytes()
+    with pytest.raises(
+        CheckpointError, match="checkpoint.pt is of another SAE run \\(sae.d_in was 24, now 20\\)"
+    ):
+        train_sae(
+            sae_cfg(n_tokens=256 * 8), tmp_path / "other.npy", tmp_path / "out", resume=True, progress=False
+        )
+    assert (tmp_path / "out" / "sae_weights.safetensors").read_bytes() == weights  # nothing overwritten
+
+
+def test_bad_activation_files_are_one_line_errors(tmp_path: Path) -> None:
+    rows = np.random.default_rng(0).random((300, 8), dtype=np.float32)
+    rows[[7, 200], 3] = [np.nan, np.inf]
+    np.save(tmp_path / "nan.npy", rows)
+    with pytest.raises(
+        ActivationShapeError, match="nan.npy hold NaN or Inf in 2 of 300 rows \\(first: row 7\\)"
+    ):
+        open_activation_source(tmp_path / "nan.npy", None, 16)
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8), dtype=np.float32))
+    with pytest.raises(ActivationShapeError, match="empty.npy have no rows"):
+        open_activation_source(tmp_path / "empty.npy", None, 16)
+    np.save(tmp_path / "zeros.npy", np.zeros((300, 8), dtype=np.float32))
+    with pytest.raises(ActivationShapeError, match="zeros.npy are all zero"):
+        train_sae(sae_cfg(n_tokens=256), tmp_path / "zeros.npy", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "sae_weights.safetensors").exists()
+    # A harvest shard that went bad after harvesting: refused at the batch that reads it.
+    write_harvest(tmp_path / "harvest", [150, 150])
+    np.save(tmp_path / "harvest" / "acts_00001.npy", rows[150:].astype(np.float16))
+    source = open_activation_source(tmp_path / "harvest", None, 100)
+    with pytest.raises(ActivationShapeError, match="hold NaN or Inf"):
+        for _ in range(4):
+            next(source)
 
 
 def test_safetensors_file_source(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ warmup) for the variants with `uses_sparsity_coefficient`, else the constant `au
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,12 +51,14 @@ class LossTerms:
         return cls(loss, mse, sparsity, (f.amax(0) > 0).float(), active)
 
 
-def sparsity_coefficient(cfg: SAEConfig, step: int) -> float:
-    """λ at `step` (1-based): linear warmup over the first l1_warmup_fraction of the run."""
+def sparsity_coefficient(cfg: SAEConfig, step: int, log_factor: float = 0.0) -> float:
+    """λ at `step` (1-based): l1_coefficient · e^log_factor (the target-L0 controller's factor),
+    ramped linearly from 0 over the first l1_warmup_fraction of the run."""
+    coefficient = cfg.l1_coefficient * math.exp(log_factor)
     warmup_steps = round(cfg.l1_warmup_fraction * cfg.n_steps)
     if warmup_steps <= 0:
-        return cfg.l1_coefficient
-    return cfg.l1_coefficient * min(1.0, step / warmup_steps)
+        return coefficient
+    return coefficient * min(1.0, step / warmup_steps)
 
 
 def compute_dtype(cfg: SAEConfig) -> torch.dtype:
@@ -74,6 +77,8 @@ class Variant:
     unit_norm_decoder: ClassVar[bool] = True  # W_dec rows kept at unit norm through training
     resamples: ClassVar[bool] = False  # dead latents resampled at SAEConfig.resample_fractions
     uses_sparsity_coefficient: ClassVar[bool] = True  # λ_t is l1_coefficient (else aux_coefficient)
+    # The encoder's initial scale relative to the decoder's transpose (SAEConfig.init_norm).
+    default_init_norm: ClassVar[float] = 0.1
 
     # ------------------------------------------------------------------ the SAE module
 
@@ -105,9 +110,11 @@ class Variant:
         activations [N, d_sae] and the reconstruction error x − x̂ [N, d_in]."""
         raise NotImplementedError
 
-    def sparsity_weight(self, cfg: SAEConfig, step: int) -> float:
+    def sparsity_weight(self, state: TrainState, step: int) -> float:
         """λ_t, the coefficient of the sparsity term at `step` (1-based)."""
-        return sparsity_coefficient(cfg, step) if self.uses_sparsity_coefficient else cfg.aux_coefficient
+        if not self.uses_sparsity_coefficient:
+            return state.cfg.aux_coefficient
+        return sparsity_coefficient(state.cfg, step, state.log_l1_factor)
 
     def reference_loss(
         self, state: TrainState, x: torch.Tensor, step: int
@@ -121,7 +128,7 @@ class Variant:
             residual = x - x_hat.float()
             mse = residual.pow(2).sum(-1).mean()
             sparsity = self.sparsity_loss(state, pre, f, residual)
-            loss = mse + self.sparsity_weight(cfg, step) * sparsity
+            loss = mse + self.sparsity_weight(state, step) * sparsity
         return loss, mse, sparsity, f
 
     def loss_terms(self, state: TrainState, x: torch.Tensor, step: int, count_active: bool) -> LossTerms:

@@ -57,6 +57,9 @@ class BatchTopK(Variant):
     saelens_architecture = "jumprelu"
     sparsity_loss_name = "auxk"
     uses_sparsity_coefficient = False
+    # Gao et al. 2024's tied unit-norm init: with a small encoder, the latents that lose the first
+    # top-k contests never win again (31% dead after 3M demo tokens at 0.1, 0.3% at 1.0).
+    default_init_norm = 1.0
 
     def activate(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
         """The batch's top k·N at train time (`sae.training`), the tracked threshold at inference."""

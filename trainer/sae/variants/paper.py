@@ -128,7 +128,7 @@ class Paper(Variant):
             sae.W_dec,
             sae.b_enc,
             sae.b_dec,
-            self.sparsity_weight(cfg, step),
+            self.sparsity_weight(state, step),
             compute_dtype(cfg),
             SPARSE_BELOW,
         )
