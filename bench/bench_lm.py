@@ -25,6 +25,7 @@ from trainer.config import HarvestConfig, LMTrainConfig, ModelConfig, SAEConfig
 from trainer.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder, TrainState
 from trainer.sae import train_step as sae_train_step
+from trainer.sae.variants.base import peak_lr
 from trainer.train_lm import make_optimizer, sample_batch, train_step
 
 
@@ -60,7 +61,7 @@ def sae_state(variant: str, batch: int) -> TrainState:
     return TrainState(
         cfg=cfg,
         sae=sae,
-        optimizer=torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=True),
+        optimizer=torch.optim.Adam(sae.parameters(), lr=peak_lr(cfg), fused=True),
         source=None,  # type: ignore[arg-type]
         generator=torch.Generator().manual_seed(0),
         steps_since_fired=torch.zeros(cfg.d_sae, dtype=torch.long),

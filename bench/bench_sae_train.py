@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from trainer.config import SAEConfig
 from trainer.sae import SparseAutoencoder, TrainState, sparsity_coefficient, train_step
+from trainer.sae.variants.base import peak_lr
 
 TRAINED_DENSITY = 0.01  # L0 = 1% of d_sae (41 of 4096), a trained paper-recipe SAE's sparsity
 
@@ -108,7 +109,7 @@ def make_state(cfg: SAEConfig, b_dec: torch.Tensor, fire_on: torch.Tensor | None
         if fire_on is not None:
             pre = sae.pre_activations(fire_on[:2048])
             sae.b_enc.sub_(torch.quantile(pre, 1 - TRAINED_DENSITY, dim=0))
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=True)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=peak_lr(cfg), fused=True)
     return TrainState(
         cfg=cfg,
         sae=sae,
@@ -122,7 +123,7 @@ def make_state(cfg: SAEConfig, b_dec: torch.Tensor, fire_on: torch.Tensor | None
 def make_reference(state: TrainState, b_dec: torch.Tensor) -> tuple[ReferenceSAE, torch.optim.Optimizer]:
     k = state.cfg.k if state.cfg.variant == "topk" else None
     sae = ReferenceSAE(state.sae.W_enc.detach(), state.sae.W_dec.detach(), state.sae.b_enc.detach(), b_dec, k)
-    return sae, torch.optim.Adam(sae.parameters(), lr=state.cfg.lr)
+    return sae, torch.optim.Adam(sae.parameters(), lr=peak_lr(state.cfg))
 
 
 def best_seconds(

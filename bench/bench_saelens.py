@@ -72,6 +72,7 @@ def ours(d_in: int, d_sae: int, batch: int, k: int, steps: int) -> dict[str, flo
 
     from trainer.config import SAEConfig
     from trainer.sae import SparseAutoencoder, TrainState, train_step
+    from trainer.sae.variants.base import peak_lr
 
     x = torch.randn(batch, d_in, generator=torch.Generator().manual_seed(0)).relu()
     results = {}
@@ -81,7 +82,7 @@ def ours(d_in: int, d_sae: int, batch: int, k: int, steps: int) -> dict[str, flo
         state = TrainState(
             cfg=cfg,
             sae=sae,
-            optimizer=torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=True),
+            optimizer=torch.optim.Adam(sae.parameters(), lr=peak_lr(cfg), fused=True),
             source=None,  # type: ignore[arg-type]
             generator=torch.Generator().manual_seed(0),
             steps_since_fired=torch.zeros(d_sae, dtype=torch.long),

@@ -53,6 +53,7 @@ def run_one(variant: str, d_sae: int, batch: int, steps: int) -> dict[str, float
 
     from trainer.config import SAEConfig, SAEVariant
     from trainer.sae import SparseAutoencoder, TrainState, train_step
+    from trainer.sae.variants.base import peak_lr
 
     d_in = 512
     gen = torch.Generator().manual_seed(0)
@@ -79,7 +80,7 @@ def run_one(variant: str, d_sae: int, batch: int, steps: int) -> dict[str, float
     state = TrainState(
         cfg=cfg,
         sae=sae,
-        optimizer=torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=True),
+        optimizer=torch.optim.Adam(sae.parameters(), lr=peak_lr(cfg), fused=True),
         source=None,  # type: ignore[arg-type]
         generator=torch.Generator().manual_seed(0),
         steps_since_fired=torch.zeros(d_sae, dtype=torch.long),

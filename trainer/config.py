@@ -123,7 +123,7 @@ class SAEConfig:
     # norm init_norm (the other variants keep unit-norm rows). None: the variant's default
     # (Variant.default_init_norm: 0.1 for the L1-style variants, 1.0, the tied unit init, for TopK).
     init_norm: float | None = None
-    lr: float = 1e-3
+    lr: float | None = None  # Adam's peak lr; None: the variant's (Variant.default_lr)
     lr_warmup_fraction: float = 0.05  # linear warm-up from 0 over this fraction of the steps
     lr_decay_fraction: float = 0.2  # linear decay to 0 over this last fraction of the steps
     batch_size: int = 4096

@@ -14,6 +14,7 @@ from trainer.checkpoint import CheckpointError
 from trainer.config import SAEConfig
 from trainer.sae.autoencoder import SparseAutoencoder
 from trainer.sae.source import ActivationShapeError, ActivationSource
+from trainer.sae.variants.base import peak_lr
 
 B_DEC_INIT_ROWS = 16_384  # inputs whose geometric median initialises b_dec
 
@@ -133,7 +134,7 @@ def init_train_state(
     source.scale = input_scale
     sae.init_b_dec(sample * input_scale)
     sae.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, fused=True)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=peak_lr(cfg), fused=True)
     return TrainState(
         cfg=cfg,
         sae=sae,

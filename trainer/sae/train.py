@@ -30,6 +30,7 @@ from trainer.sae.autoencoder import SparseAutoencoder
 from trainer.sae.resample import maybe_resample
 from trainer.sae.source import ActivationSource, open_activation_source
 from trainer.sae.state import StepStats, TrainState, init_train_state
+from trainer.sae.variants.base import peak_lr
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TRAINING_LOG_FILE = "training_log.json"
@@ -50,7 +51,7 @@ def learning_rate(cfg: SAEConfig, step: int) -> float:
         factor = min(factor, step / warmup)
     if decay > 0:
         factor = min(factor, (n_steps - step + 1) / decay)
-    return cfg.lr * factor
+    return peak_lr(cfg) * factor
 
 
 def adapt_sparsity_coefficient(state: TrainState, l0: float) -> None:

@@ -61,6 +61,13 @@ def sparsity_coefficient(cfg: SAEConfig, step: int, log_factor: float = 0.0) -> 
     return coefficient * min(1.0, step / warmup_steps)
 
 
+def peak_lr(cfg: SAEConfig) -> float:
+    """Adam's peak learning rate: `cfg.lr`, else the variant's default."""
+    from trainer.sae.variants import get_variant
+
+    return cfg.lr if cfg.lr is not None else get_variant(cfg.variant).default_lr
+
+
 def compute_dtype(cfg: SAEConfig) -> torch.dtype:
     """The dtype of the hand-written backwards' matmuls (their master weights stay fp32)."""
     return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
@@ -79,6 +86,9 @@ class Variant:
     uses_sparsity_coefficient: ClassVar[bool] = True  # λ_t is l1_coefficient (else aux_coefficient)
     # The encoder's initial scale relative to the decoder's transpose (SAEConfig.init_norm).
     default_init_norm: ClassVar[float] = 0.1
+    # Adam's peak lr (SAEConfig.lr). 3e-3: with a long λ warm-up the L1-style variants find planted
+    # directions in ~1,000 steps that 1e-3 leaves at 0.8 mean max cosine.
+    default_lr: ClassVar[float] = 3e-3
 
     # ------------------------------------------------------------------ the SAE module
 
