@@ -105,7 +105,7 @@ class SAEConfig:
     # fits any model; with target_l0 it is only the controller's starting point.
     l1_coefficient: float = 5.0
     k: int = 32  # topk / batchtopk
-    aux_k: int = 256  # AuxK latents for topk / batchtopk (Gao et al. 2024)
+    aux_k: int = 512  # AuxK latents for topk / batchtopk (Gao et al. 2024's 512)
     aux_coefficient: float = 1 / 32
     # In normalised units (latents' activations are O(1) there). Thresholds are learned in log space
     # at Adam's pace, so in a short run they must start near where they end: 1e-3 (Rajamanoharan
@@ -132,7 +132,9 @@ class SAEConfig:
     # 0.05 (the paper's) a short run at L0 3-16 ended with 14-30% dead and worse directions.
     l1_warmup_fraction: float = 0.5
     resample_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)  # paper recipe only
-    dead_window_fraction: float = 0.1  # "dead" = no firing in this fraction of the run
+    # "dead" = no firing in this fraction of the run (AuxK's latents; paper's resampling). With
+    # 0.05 and aux_k 512 the demo TopK SAE ends 3.8% dead on held-out text, 6.3% with 0.1 and 256.
+    dead_window_fraction: float = 0.05
     checkpoint_interval: int = 200  # steps
     dtype: ComputeDtype = "bf16"
     seed: int = 0
