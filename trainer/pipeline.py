@@ -154,8 +154,13 @@ def run_train_sae(cfg: RunConfig, resume: bool = False, activations_file: str | 
     if result.final is not None and is_main_process():
         print(
             f"train-sae: {cfg.sae.variant} {result.sae.cfg.d_in}->{cfg.sae.d_sae}, mse {result.final.mse:.4g}"
-            f" (normalised inputs), L0 {result.final.l0:.1f}, dead {result.final.dead}, λ "
-            f"{result.sae.training_record['sparsity_coefficient']:.4g}, saved to {cfg.sae_dir}"
+            f" (normalised inputs), L0 {result.final.l0:.1f}, dead {result.final.dead}"
+            + (
+                f", λ {result.sae.training_record['sparsity_coefficient']:.4g}"
+                if result.sae.variant.uses_sparsity_coefficient
+                else ""
+            )
+            + f", saved to {cfg.sae_dir}"
         )
     return result
 
