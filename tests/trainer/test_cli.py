@@ -46,6 +46,17 @@ def test_flags_map_onto_the_typed_config():
             "corpus source /nonexistent/corpus.txt does not exist",
         ),
         (["train-lm", "--preset", "tiny", "--out-dir", "/nonexistent/run"], "no tokenised corpus"),
+        # A target L0 no SAE can reach is refused before anything is read or written.
+        (["train-sae", "--preset", "tiny", "--target-l0", "0"], "sae.target_l0 0.0 cannot be reached"),
+        (["train-sae", "--preset", "tiny", "--target-l0", "256"], "it must be in (0, d_sae = 256)"),
+        (
+            ["train-sae", "--preset", "tiny", "--variant", "topk", "--target-l0", "8"],
+            "topk sets its L0 with sae.k",
+        ),
+        (
+            ["train-sae", "--preset", "tiny", "--activations", "/nonexistent/acts.npy"],
+            "no activations at /nonexistent/acts.npy",
+        ),
     ],
 )
 def test_bad_input_is_a_one_line_error(argv, message, capsys):
