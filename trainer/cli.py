@@ -175,6 +175,8 @@ def _existing_database(db_url: str | None) -> str:
     """The database URL (--db, else $DATABASE_URL, else the demo's), checked to exist."""
     from app.settings import Settings
 
+    if db_url and "://" not in db_url:  # a file path: the SQLite database there
+        db_url = f"sqlite:///{Path(db_url).resolve()}"
     url = (Settings(database_url=db_url) if db_url else Settings()).database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         raise FileNotFoundError(

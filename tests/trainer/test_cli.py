@@ -46,6 +46,7 @@ def test_flags_map_onto_the_typed_config():
             "corpus source /nonexistent/corpus.txt does not exist",
         ),
         (["train-lm", "--preset", "tiny", "--out-dir", "/nonexistent/run"], "no tokenised corpus"),
+        (["serve", "--db", "/nonexistent/monosemantic.db"], "no database at /nonexistent/monosemantic.db"),
         # A target L0 no SAE can reach is refused before anything is read or written.
         (["train-sae", "--preset", "tiny", "--target-l0", "0"], "sae.target_l0 0.0 cannot be reached"),
         (["train-sae", "--preset", "tiny", "--target-l0", "256"], "it must be in (0, d_sae = 256)"),
