@@ -16,8 +16,9 @@ given on the command line is SAELens's own default or the recipe of its training
     1,000 batches)
   - decoder rows initialised to norm 0.1, the encoder to the decoder's transpose, b_dec = 0,
     apply_b_dec_to_input=True (TrainingSAEConfig defaults)
-  - dead_feature_window = 1000 steps (SAETrainerConfig default): the AuxK loss of topk only sees a
-    latent as dead after 1000 steps without firing
+  - dead_feature_window = 1000 steps (SAETrainerConfig default; --dead-feature-window): the AuxK
+    loss of topk only sees a latent as dead after that many steps without firing, so a run of
+    fewer steps never uses it
   - topk: aux_loss_coefficient 1, rescale_acts_by_decoder_norm (folded into the weights on save)
 
 Writes SAELens's inference layout (cfg.json + sae_weights.safetensors) into --out, plus bench.json
@@ -110,6 +111,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
             lr_decay_steps=n_steps // 5,
             device="cpu",
             autocast=args.autocast,
+            dead_feature_window=args.dead_feature_window,
             logger=LoggingConfig(log_to_wandb=False),
         ),
         sae=sae,
@@ -163,6 +165,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32, help="topk only")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--autocast", action="store_true", help="bf16 autocast (SAELens's `autocast`)")
+    parser.add_argument(
+        "--dead-feature-window", type=int, default=1000, help="steps without firing that make a latent dead"
+    )
     parser.add_argument("--model-name", default="monosemantic-1l", help="recorded in cfg.json's metadata")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--check-rows", type=int, default=4096, help=f"rows reconstructed into {CHECK_FILE}")
