@@ -282,8 +282,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    l0s = [r["l0"] for r in results]
     for series in sorted({r["series"] for r in results}):
         rows = sorted((r for r in results if r["series"] == series), key=lambda r: r["l0"])
         ours = series.startswith("ours")
@@ -295,6 +297,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
             label=series,
         )
     ax.set_xscale("log")
+    ax.set_xticks([2, 4, 8, 16, 32, 64, 128, 256])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlim(min(l0s) / 1.3, max(l0s) * 1.3)
     ax.set_xlabel("L0 (active latents per token, held-out)")
     ax.set_ylabel("FVU (held-out, lower is better)")
     ax.set_title(title, fontsize=10)
