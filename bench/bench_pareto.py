@@ -184,9 +184,13 @@ def point_settings(
 
 def train_ours(point: Point, acts: Path, d_in: int, out: Path, args: argparse.Namespace) -> dict:
     cfg = ours_config(point, d_in, args)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     train_sae(cfg, acts, out, progress=False)
-    return {"wall_seconds": time.perf_counter() - started, "n_tokens": cfg.n_steps * cfg.batch_size}
+    return {
+        "wall_seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - started_cpu,
+        "n_tokens": cfg.n_steps * cfg.batch_size,
+    }
 
 
 def train_saelens(point: Point, python: Path, acts: Path, out: Path, args: argparse.Namespace) -> dict | None:
@@ -266,15 +270,46 @@ class Evaluator:
 
 
 def table(results: list[dict]) -> str:
-    header = "| system | variant | setting | L0 | FVU | dead % | CE loss recovered % | wall s | tokens/s |"
-    lines = [header, "|" + "---|" * 9]
+    header = (
+        "| system | variant | setting | L0 | FVU | dead % | CE loss recovered % | wall s | CPU s | tokens/s |"
+    )
+    lines = [header, "|" + "---|" * 10]
     for r in results:
+        cpu = r.get("cpu_seconds")
         lines.append(
             f"| {r['system']} | {r['variant']} | {r['setting']} | {r['l0']:.1f} | {r['fvu']:.4f} | "
             f"{100 * r['dead_fraction']:.1f} | {100 * r['ce_loss_recovered']:.1f} | {r['wall_seconds']:.0f} | "
-            f"{r['n_tokens'] / r['wall_seconds']:,.0f} |"
+            f"{'—' if cpu is None else f'{cpu:.0f}'} | {r['n_tokens'] / r['wall_seconds']:,.0f} |"
         )
     return "\n".join(lines)
+
+
+def cpu_ratios(results: list[dict]) -> str:
+    """Median training CPU time of each of our variants over SAELens's fp32 runs of its family
+    (L1-style against its standard SAE, TopK-style against its TopK): CPU seconds, because the
+    machine is shared and wall time moves with the load."""
+
+    def median_cpu(rows: list[dict]) -> float | None:
+        values = sorted(r["cpu_seconds"] for r in rows if r.get("cpu_seconds"))
+        return values[len(values) // 2] if values else None
+
+    saelens = {
+        family: median_cpu(
+            [
+                r
+                for r in results
+                if r["system"] == "saelens" and r["variant"] == family and "bf16" not in r["setting"]
+            ]
+        )
+        for family in ("standard", "topk")
+    }
+    parts = []
+    for variant in sorted({r["variant"] for r in results if r["system"] == "ours"}):
+        family = "topk" if variant in ("topk", "batchtopk") else "standard"
+        ours = median_cpu([r for r in results if r["system"] == "ours" and r["variant"] == variant])
+        if ours and saelens[family]:
+            parts.append(f"{variant} {ours / saelens[family]:.2f}x of SAELens {family}")
+    return "Median training CPU time, ours over SAELens fp32: " + "; ".join(parts) + "." if parts else ""
 
 
 def plot(results: list[dict], path: Path, title: str) -> None:
@@ -366,6 +401,7 @@ def run_point(
         "series": point.series,
         **metrics,
         "wall_seconds": trained["wall_seconds"],
+        "cpu_seconds": trained.get("cpu_seconds"),
         "n_tokens": trained["n_tokens"],
         **extra,
         "sae_dir": str(out),
@@ -376,7 +412,8 @@ def run_point(
     check = f", loader |Δ| {extra['loader_max_abs_diff']:.2g}" if extra else ""
     print(
         f"  L0 {result['l0']:.1f}, FVU {result['fvu']:.4f}, dead {100 * result['dead_fraction']:.1f}%, "
-        f"CE rec {100 * result['ce_loss_recovered']:.1f}%, {result['wall_seconds']:.0f} s{check}",
+        f"CE rec {100 * result['ce_loss_recovered']:.1f}%, {result['wall_seconds']:.0f} s "
+        f"({result['cpu_seconds'] or float('nan'):.0f} CPU s){check}",
         flush=True,
     )
     return result
@@ -448,7 +485,7 @@ def main() -> None:
         f"FVU against L0 on {args.activations} ({budget}); held-out metrics from our evaluator "
         f"({evaluator.eval_cfg.n_tokens:,} tokens of {args.lm}); SAELens {version or 'not run'} "
         f"(lr {args.saelens_lr:g}){loader}; CPU: {cpu}, {os.cpu_count()} cores, shared. "
-        f"Wall time: training only.\n\n{table(results)}\n"
+        f"Wall and CPU time: training only. {cpu_ratios(results)}\n\n{table(results)}\n"
     )
     print(f"\n{markdown}")
     args.table.parent.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ def make_sae(args: argparse.Namespace, n_steps: int) -> TrainingSAE:
 
 def train(args: argparse.Namespace) -> dict[str, object]:
     """Train, save into args.out, and return bench.json's contents."""
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     acts = np.load(args.acts)  # [N, d_in], fully in memory like our trainer's .npy source
     if acts.ndim != 2:
         raise SystemExit(f"{args.acts}: expected [N, d_in] activations, got shape {acts.shape}")
@@ -130,6 +130,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     wall_seconds = time.perf_counter() - started
     return {
         "wall_seconds": round(wall_seconds, 2),
+        "cpu_seconds": round(time.process_time() - started_cpu, 2),
         "n_tokens": trainer.n_training_samples,
         "n_steps": trainer.n_training_steps,
         "sae_lens_version": SAE_LENS_VERSION,

@@ -14,17 +14,22 @@ The corpus is written as `documents.jsonl` ({"source", "text"} per line) plus `m
 from __future__ import annotations
 
 import ast
+import fnmatch
+import functools
 import json
 import random
 import re
 import sys
 import sysconfig
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from tqdm import tqdm
 
 from trainer.checkpoint import atomic_write_text
@@ -68,6 +73,70 @@ def _sorted_files(root: Path, pattern: str, exclude: tuple[str, ...] = ()) -> li
     return sorted(files)
 
 
+# The optional dependencies whose packages the default corpus reads, besides the required ones.
+CORPUS_EXTRAS = ("corpus",)
+
+
+def _requirement_names(dist: metadata.Distribution, extras: Iterable[str]) -> list[str]:
+    """The names of the distributions `dist` requires, with the given extras of its own."""
+    names = []
+    for line in dist.requires or []:
+        requirement = Requirement(line)
+        environments = [{"extra": extra} for extra in ("", *extras)]
+        if requirement.marker is None or any(requirement.marker.evaluate(env) for env in environments):
+            names.append(f"{canonicalize_name(requirement.name)}[{','.join(sorted(requirement.extras))}]")
+    return names
+
+
+@functools.cache
+def corpus_distributions() -> tuple[metadata.Distribution, ...]:
+    """The installed distributions whose files the default corpus reads: what monosemantic
+    requires (with CORPUS_EXTRAS), transitively. Development tools (pytest, mypy, matplotlib...)
+    and whatever else shares the environment stay out, so the corpus, and every number trained
+    on it, does not depend on what else happens to be installed. Empty when monosemantic is not
+    installed (then every installed package is read)."""
+    try:
+        root = metadata.distribution("monosemantic")
+    except metadata.PackageNotFoundError:
+        return ()
+    found: dict[str, metadata.Distribution] = {}
+    pending = _requirement_names(root, CORPUS_EXTRAS)
+    while pending:
+        name, _, extras = pending.pop().rstrip("]").partition("[")
+        if name in found:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # a requirement for another platform or Python
+        found[name] = dist
+        pending += _requirement_names(dist, [e for e in extras.split(",") if e])
+    return tuple(found[name] for name in sorted(found))
+
+
+@functools.cache
+def _corpus_package_files() -> tuple[Path, ...]:
+    """Every file of `corpus_distributions` (their RECORDs), or of site-packages without them."""
+    dists = corpus_distributions()
+    if not dists:
+        return tuple(f for root in _site_packages() for f in _sorted_files(root, "*"))
+    files = {
+        Path(dist.locate_file(f)).resolve()  # type: ignore[arg-type]
+        for dist in dists
+        for f in dist.files or []
+    }
+    return tuple(sorted(f for f in files if f.is_file()))
+
+
+def _package_files(pattern: str, exclude: tuple[str, ...] = ()) -> list[Path]:
+    """The corpus packages' files whose name matches the glob `pattern`, minus `exclude`d folders."""
+    return [
+        f
+        for f in _corpus_package_files()
+        if fnmatch.fnmatchcase(f.name, pattern) and not any(part in exclude for part in f.parts)
+    ]
+
+
 def _read(path: Path) -> str:
     return path.read_bytes().decode("utf-8", errors="replace")
 
@@ -103,8 +172,7 @@ _SKIP_DIRS = ("site-packages", "__pycache__", "idlelib", "turtledemo")
 
 def _python_code(rng: random.Random) -> Iterator[str]:
     files = _sorted_files(_stdlib_dir(), "*.py", _SKIP_DIRS)
-    for root in _site_packages():
-        files += _sorted_files(root, "*.py", ("__pycache__",))
+    files += _package_files("*.py", ("__pycache__",))
     for path in _shuffled(files, rng):
         yield from _split(_read(path))
 
@@ -112,8 +180,7 @@ def _python_code(rng: random.Random) -> Iterator[str]:
 def _docstrings(rng: random.Random) -> Iterator[str]:
     """English prose: module, class and function docstrings of the installed Python code."""
     files = _sorted_files(_stdlib_dir(), "*.py", (*_SKIP_DIRS, "test", "tests"))
-    for root in _site_packages():
-        files += _sorted_files(root, "*.py", ("__pycache__", "test", "tests"))
+    files += _package_files("*.py", ("__pycache__", "test", "tests"))
     for path in _shuffled(files, rng):
         try:
             with warnings.catch_warnings():
@@ -147,9 +214,8 @@ def _python_reference(rng: random.Random) -> Iterator[str]:
 def _package_docs(rng: random.Random) -> Iterator[str]:
     """READMEs of the installed packages (the long description in each METADATA) and doc files."""
     files: list[Path] = []
-    for root in _site_packages():
-        files += _sorted_files(root, "METADATA")
-        files += [p for ext in ("*.md", "*.rst") for p in _sorted_files(root, ext)]
+    files += _package_files("METADATA")
+    files += [p for ext in ("*.md", "*.rst") for p in _package_files(ext)]
     for path in _shuffled(files, rng):
         text = _read(path)
         if path.name == "METADATA":
@@ -186,8 +252,7 @@ def _po_translations(path: Path) -> str:
 
 def _translations(rng: random.Random) -> Iterator[str]:
     files: list[Path] = []
-    for root in _site_packages():
-        files += _sorted_files(root, "*.po")
+    files += _package_files("*.po")
     for path in _shuffled(files, rng):
         yield from _split(_po_translations(path))
     for path in _sorted_files(_stdlib_dir() / "test" / "cjkencodings", "*-utf8.txt"):
@@ -222,8 +287,7 @@ def _cldr_locales(rng: random.Random) -> Iterator[str]:
 def _structured(rng: random.Random) -> Iterator[str]:
     """Base64 (certificates), CSV tables of paths / hashes / sizes (wheel RECORDs), number tables."""
     files: list[Path] = []
-    for root in _site_packages():
-        files += _sorted_files(root, "RECORD") + _sorted_files(root, "*.pem")
+    files += _package_files("RECORD") + _package_files("*.pem")
     files += _sorted_files(_stdlib_dir() / "test" / "decimaltestdata", "*.decTest")
     files += _sorted_files(_stdlib_dir() / "test" / "mathdata", "*.txt")
     for path in _shuffled(files, rng):
@@ -232,8 +296,7 @@ def _structured(rng: random.Random) -> Iterator[str]:
 
 def _licences(rng: random.Random) -> Iterator[str]:
     files: list[Path] = []
-    for root in _site_packages():
-        files += [p for p in _sorted_files(root, "LICEN[CS]E*") if p.suffix in ("", ".txt", ".md", ".rst")]
+    files += [p for p in _package_files("LICEN[CS]E*") if p.suffix in ("", ".txt", ".md", ".rst")]
     files += _sorted_files(Path("/usr/share/common-licenses"), "*")
     for path in _shuffled(files, rng):
         yield from _split(_read(path))
@@ -406,6 +469,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict[str, Any]:
         "documents": len(documents),
         "total_bytes": sum(s["bytes"] for s in manifest_sources),
         "python": sys.version.split()[0],
+        "distributions": {dist.metadata["Name"]: dist.version for dist in corpus_distributions()},
         "seed": cfg.seed,
     }
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2))

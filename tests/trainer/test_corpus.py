@@ -4,7 +4,13 @@ import unicodedata
 import pytest
 
 from trainer.config import CorpusConfig
-from trainer.corpus import CorpusError, build_corpus, iter_documents
+from trainer.corpus import (
+    CorpusError,
+    _corpus_package_files,
+    build_corpus,
+    corpus_distributions,
+    iter_documents,
+)
 
 
 def _scripts(text: str) -> set[str]:
@@ -26,6 +32,19 @@ def test_builtin_corpus_is_diverse_and_documented(tmp_path):
     assert {"CYRILLIC", "ARABIC", "CJK"} & _scripts(text)  # non-Latin scripts
     assert "-----BEGIN CERTIFICATE-----" in text or "sha256=" in text  # structured strings
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+
+
+def test_builtin_corpus_reads_only_what_monosemantic_requires(tmp_path):
+    """Development tools installed beside it (pytest, mypy, ruff, playwright) must not change the
+    corpus, and so every number trained on it; their files are installed here, so this can fail."""
+    names = {dist.metadata["Name"].lower() for dist in corpus_distributions()}
+    assert {"torch", "numpy", "sphinx", "babel", "certifi"} <= names  # required, and the corpus extra
+    assert not names & {"pytest", "mypy", "ruff", "playwright", "matplotlib"}
+    files = _corpus_package_files()
+    assert not any("site-packages/pytest" in str(f) or "site-packages/_pytest" in str(f) for f in files)
+    assert any(f.name == "METADATA" and "torch-" in f.parent.name for f in files)
+    manifest = build_corpus(CorpusConfig(max_bytes=200_000), tmp_path)
+    assert manifest["distributions"]["torch"].startswith("2.13.0")
 
 
 def test_builtin_corpus_is_deterministic(tmp_path):
