@@ -134,7 +134,7 @@ def init_train_state(
     source.scale = input_scale
     sae.init_b_dec(sample * input_scale)
     sae.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=peak_lr(cfg), fused=True)
+    optimizer = torch.optim.Adam(sae.variant.param_groups(sae), lr=peak_lr(cfg), fused=True)
     return TrainState(
         cfg=cfg,
         sae=sae,

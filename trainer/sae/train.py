@@ -91,7 +91,7 @@ def train_step(state: TrainState, x: torch.Tensor, compute_l0: bool = True) -> S
     step = state.step + 1
     compute_l0 = compute_l0 or cfg.target_l0 is not None  # the controller reads every step's L0
     for group in state.optimizer.param_groups:
-        group["lr"] = learning_rate(cfg, step)
+        group["lr"] = learning_rate(cfg, step) * group.get("lr_scale", 1.0)
     terms = sae.variant.loss_terms(state, x, step, count_active=compute_l0)
     state.optimizer.zero_grad(set_to_none=True)
     terms.loss.backward()

@@ -92,6 +92,10 @@ class Variant:
 
     # ------------------------------------------------------------------ the SAE module
 
+    def param_groups(self, sae: SparseAutoencoder) -> list[dict[str, Any]]:
+        """Adam's parameter groups; a group's "lr_scale" multiplies the scheduled lr."""
+        return [{"params": list(sae.parameters())}]
+
     def add_parameters(self, sae: SparseAutoencoder) -> None:
         """Register the variant's parameters beyond W_enc, W_dec, b_enc, b_dec (none by default)."""
 

@@ -76,6 +76,13 @@ class JumpReLU(Variant):
             torch.full((sae.cfg.d_sae,), math.log(sae.cfg.jumprelu_init_threshold))
         )
 
+    def param_groups(self, sae: SparseAutoencoder) -> list[dict[str, Any]]:
+        others = [p for name, p in sae.named_parameters() if name != "log_threshold"]
+        return [
+            {"params": others},
+            {"params": [sae.log_threshold], "lr_scale": sae.cfg.jumprelu_threshold_lr_scale},
+        ]
+
     def activate(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
         return JumpReLUFunction.apply(pre, self.threshold(sae), sae.cfg.jumprelu_bandwidth)
 
