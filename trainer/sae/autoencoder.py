@@ -19,8 +19,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from trainer.checkpoint import atomic_save_safetensors, atomic_write_text
 from trainer.config import SAEConfig
@@ -39,6 +37,7 @@ class SparseAutoencoder(nn.Module):
     log_threshold: nn.Parameter  # jumprelu only: registered by its Variant.add_parameters
     batchtopk_threshold: torch.Tensor
     variant: Variant  # the behaviour of `cfg.variant`
+    hook_name: str | None = HOOK_NAME  # where it reads the model; set from cfg.json on loading
 
     def __init__(self, cfg: SAEConfig, seed: int | None = None) -> None:
         super().__init__()
@@ -197,52 +196,8 @@ class SparseAutoencoder(nn.Module):
 
     @classmethod
     def load(cls, directory: Path) -> SparseAutoencoder:
-        """Read an SAE saved by `save` (or a standard/topk/jumprelu SAELens SAE); fp32, eval mode."""
-        directory = Path(directory)
-        cfg_path, weights_path = directory / CFG_FILE, directory / WEIGHTS_FILE
-        for path in (cfg_path, weights_path):
-            if not path.exists():
-                raise FileNotFoundError(f"no sparse autoencoder at {directory}: {path.name} is missing")
-        try:
-            saved = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"SAE config {cfg_path} is not valid JSON ({exc})") from exc
-        cfg = _sae_config_from_saved(saved, cfg_path)
-        try:
-            tensors = load_file(str(weights_path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(f"SAE weights {weights_path} are corrupt or truncated ({exc})") from exc
-        sae = cls(cfg)
-        expected = {name: tuple(t.shape) for name, t in sae.weights_for_saving().items()}
-        for name, shape in expected.items():
-            if name not in tensors:
-                raise ValueError(f"SAE weights {weights_path} have no tensor {name!r}")
-            if tuple(tensors[name].shape) != shape:
-                raise ValueError(
-                    f"SAE weights {weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
-                    f"cfg.json implies {shape}"
-                )
-        with torch.no_grad():
-            for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-                getattr(sae, name).copy_(tensors[name].float())
-            if "threshold" in expected:
-                sae.variant.load_threshold(sae, tensors["threshold"].float())
-        sae.training_record = dict(saved.get("training") or {})
-        return sae.eval()
+        """Read an SAE saved by `save`, or by SAELens (standard/topk/jumprelu): fp32, eval mode.
+        The reading and SAELens's options live in trainer.sae.saelens_format."""
+        from trainer.sae.saelens_format import load_sae
 
-
-def _sae_config_from_saved(saved: dict[str, Any], path: Path) -> SAEConfig:
-    if "monosemantic" in saved:
-        fields = {f.name for f in dataclasses.fields(SAEConfig)}
-        values: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in saved["monosemantic"].items() if k in fields
-        }
-        return SAEConfig(**values)
-    # An SAE trained elsewhere (SAELens layout): map its architecture onto our variants.
-    variant = {"standard": "paper", "topk": "topk", "jumprelu": "jumprelu"}.get(
-        saved.get("architecture", "standard")
-    )
-    if variant is None or "d_in" not in saved or "d_sae" not in saved:
-        raise ValueError(f"SAE config {path} is neither ours nor a standard/topk/jumprelu SAELens config")
-    k = int(saved.get("k", 1))
-    return SAEConfig(d_in=int(saved["d_in"]), d_sae=int(saved["d_sae"]), variant=variant, k=k)  # type: ignore[arg-type]
+        return load_sae(directory)
