@@ -142,7 +142,7 @@ def _foreign(saved: dict[str, Any], path: Path) -> tuple[SAEConfig, str]:
         )
     if norm != "none" and norm not in INPUT_NORMS:
         raise SAEFormatError(f"SAE config {path}: normalize_activations {norm!r} is not supported")
-    k = 1
+    k: Any = 1
     if variant == "topk":
         k = saved.get("k", (saved.get("activation_fn_kwargs") or {}).get("k"))
         if not isinstance(k, int) or not 0 < k <= saved["d_sae"]:
