@@ -105,7 +105,7 @@ def saved_hook_name(saved: dict[str, Any]) -> str | None:
 
 def _ours(saved: dict[str, Any]) -> SAEConfig:
     fields = {f.name for f in dataclasses.fields(SAEConfig)}
-    values = {
+    values: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in saved["monosemantic"].items() if k in fields
     }
     return SAEConfig(**values)
