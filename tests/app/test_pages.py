@@ -7,6 +7,9 @@ import re
 import pytest
 from appdb import NEURON_RUN, RUNNING_RUN, SAE_RUN
 from fastapi.testclient import TestClient
+from markupsafe import escape
+
+from app.queries import visible
 
 PAGES = [
     ("/", "/api/runs"),
@@ -132,6 +135,20 @@ def test_inference_page(client: TestClient) -> None:
     assert len(spans) >= 3 and "".join(spans) == "the·cat·sat"  # a span per token, spaces shown
     missing = client.get(f"/runs/{RUNNING_RUN}/inference", params={"text": "hi"})
     assert missing.status_code == 200 and "no artifacts" in missing.text
+
+
+def test_inference_page_shows_labels_beside_feature_numbers(client: TestClient) -> None:
+    """Each feature in the per-token table carries its label as text, not only as a tooltip."""
+    params = {"text": "the cat sat on the mat"}
+    data = client.get(f"/api/runs/{SAE_RUN}/inference", params=params).json()
+    labelled = [f for t in data["tokens"] for f in t["top"] if f["label"]]
+    assert labelled, "some firing feature has a label"
+    html = client.get(f"/runs/{SAE_RUN}/inference", params=params).text
+    for feature in labelled:
+        shown = (
+            f'>{feature["index"]}</a> <bdi class="feature-label">{escape(visible(feature["label"]))}</bdi>'
+        )
+        assert shown in html
 
 
 def test_plotly_is_served_locally(client: TestClient) -> None:
