@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
             for flag, key, kind, flag_help in STAGE_FLAGS[stage]:
                 action = "append" if key == "corpus.sources" else "store"
                 group.add_argument(flag, dest=key, type=kind, action=action, help=flag_help)
+        if name in ("evaluate", "analyze"):
+            sub.add_argument(
+                "--sae",
+                dest="sae_path",
+                metavar="PATH",
+                help="the SAE folder to use (cfg.json + sae_weights.safetensors: ours or SAELens's) "
+                "instead of the one this run trained",
+            )
         if name == "demo":
             sub.add_argument("--no-serve", action="store_true", help="stop after analysis instead of serving")
             sub.add_argument("--host", default="127.0.0.1")
@@ -133,6 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes", type=int, default=os.cpu_count() or 1, help="rendering processes (default: CPUs)"
     )
     prerender.add_argument("--force", action="store_true", help="render stored pages again too")
+    export = commands.add_parser(
+        "export",
+        help="Write a complete run's features to files (Neuronpedia's layout, or one JSONL file).",
+        description="Write run RUN's features, examples, labels, logit effects, densities and "
+        "histograms: --format jsonl writes one file `monosemantic import` reads back "
+        "(docs/export_format.md); --format neuronpedia writes Neuronpedia's export folders.",
+    )
+    export.add_argument("run", metavar="RUN", help="the run's slug")
+    export.add_argument("--format", choices=("jsonl", "neuronpedia"), default="jsonl")
+    export.add_argument("--out", required=True, help="the .jsonl(.gz) file, or the neuronpedia folder")
+    export.add_argument("--db", help="database URL or SQLite file (default: $DATABASE_URL, else the demo's)")
+    import_ = commands.add_parser(
+        "import",
+        help="Read a run exported with --format jsonl into a database.",
+        description="Read a run file written by `monosemantic export --format jsonl` into a database "
+        "(created if needed), in one transaction: a bad file changes nothing.",
+    )
+    import_.add_argument("file", metavar="FILE", help="the .jsonl or .jsonl.gz file")
+    import_.add_argument("--db", required=True, help="database URL or SQLite file to import into")
+    import_.add_argument("--run-name", help="the run's slug in the database (default: the file's)")
     serve = commands.add_parser(
         "serve", help="Serve the feature browser.", description="Serve the feature browser."
     )
@@ -168,6 +196,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides["out_dir"] = args.out_dir
     overrides["db_url"] = args.db
     overrides["run_name"] = args.run_name
+    overrides["sae_path"] = getattr(args, "sae_path", None)
     return preset_config(args.preset, **overrides)
 
 
@@ -192,6 +221,33 @@ def _prerender(db_url: str | None, runs: list[str] | None, processes: int, force
     url = _existing_database(db_url)
     result = prerender(url, runs, processes=processes, force=force)
     print(result.summary())
+
+
+def _exchange(args: argparse.Namespace) -> int:
+    """`export` and `import`: a run to files and back (trainer.runfile, trainer.neuronpedia)."""
+    from trainer.neuronpedia import export_neuronpedia
+    from trainer.runfile import export_jsonl, import_jsonl
+    from trainer.schema import check_schema_version, make_engine
+
+    if args.command == "import":
+        url = args.db if "://" in args.db else f"sqlite:///{Path(args.db).resolve()}"
+        slug, counts = import_jsonl(Path(args.file), url, args.run_name)
+        print(
+            f"imported run {slug!r} ({counts['feature']} features, {counts['example']} examples) into {url}"
+        )
+        return 0
+    engine = make_engine(_existing_database(args.db), read_only=True)
+    check_schema_version(engine)
+    try:
+        if args.format == "jsonl":
+            counts = export_jsonl(engine, args.run, Path(args.out))
+            print(f"wrote run {args.run!r} ({counts['feature']} features) to {args.out}")
+        else:
+            folder = export_neuronpedia(engine, args.run, Path(args.out))
+            print(f"wrote run {args.run!r} in Neuronpedia's layout to {folder}")
+    finally:
+        engine.dispose()
+    return 0
 
 
 def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> int:
@@ -256,9 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prerender":
             _prerender(args.db, args.runs, args.processes, args.force)
             return 0
+        if args.command in ("export", "import"):
+            return _exchange(args)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train-sae":
             raise ConfigError(f"only train-sae runs data-parallel under torchrun, not {args.command}")
         cfg = config_from_args(args)
+        if cfg.sae_path:
+            from trainer.pipeline import check_sae_path
+
+            check_sae_path(cfg)  # before any stage writes a file
         run_stages(cfg, SUBCOMMANDS[args.command][1], args.resume, getattr(args, "activations_file", None))
         if args.command == "demo":
             print(f"demo finished; artifacts in {cfg.root}/, database {cfg.database_url}")

@@ -212,6 +212,8 @@ class RunConfig:
     db_url: str | None = None  # None: sqlite file under out_dir (or DATABASE_URL)
     run_name: str | None = None  # readable slug in the database; default derived from preset+variant
     device: str = "cpu"
+    # An SAE folder to evaluate / analyse instead of the one this run trained (`--sae PATH`).
+    sae_path: str | None = None
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -254,7 +256,17 @@ class RunConfig:
 
     @property
     def sae_dir(self) -> Path:
+        if self.sae_path:
+            return Path(self.sae_path)
         return self.root / f"sae_{self.sae.variant}_{self.sae.d_sae}"
+
+    @property
+    def eval_dir(self) -> Path:
+        """Where evaluate writes eval.json: beside the SAE this run trained, or under out_dir for
+        an SAE given by path (whose folder is left as it is)."""
+        if self.sae_path:
+            return self.root / f"eval_{Path(self.sae_path).resolve().name}"
+        return self.sae_dir
 
     @property
     def database_url(self) -> str:
@@ -268,7 +280,11 @@ class RunConfig:
 
     @property
     def slug(self) -> str:
-        return self.run_name or f"{self.preset}-{self.sae.variant}-{self.sae.d_sae}"
+        if self.run_name:
+            return self.run_name
+        if self.sae_path:
+            return f"{self.preset}-{Path(self.sae_path).resolve().name}"
+        return f"{self.preset}-{self.sae.variant}-{self.sae.d_sae}"
 
 
 # ---------------------------------------------------------------------------- presets

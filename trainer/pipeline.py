@@ -6,6 +6,7 @@ Every stage reads what the previous one wrote under `cfg.out_dir`, so each can b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -176,7 +177,7 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
     sae = SparseAutoencoder.load(cfg.sae_dir).to(cfg.device)
     _check_sae_fits(model, sae)
     result = evaluate_sae(
-        model, sae, load_token_split(cfg.tokens_dir, "val"), cfg.eval, model.cfg.n_ctx, out_dir=cfg.sae_dir
+        model, sae, load_token_split(cfg.tokens_dir, "val"), cfg.eval, model.cfg.n_ctx, out_dir=cfg.eval_dir
     )
     metrics = result.to_dict()
     print(
@@ -190,11 +191,23 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _check_sae_fits(model: Any, sae: Any) -> None:
-    if sae.cfg.d_in != model.cfg.d_mlp:
-        raise ValueError(
-            f"the SAE reads {sae.cfg.d_in}-d activations but the model's MLP has {model.cfg.d_mlp} "
-            "neurons: train the SAE on this model's activations"
-        )
+    from trainer.model import HOOK_MLP_POST
+    from trainer.sae.saelens_format import check_sae_fits
+
+    check_sae_fits(sae, model.cfg.d_mlp, HOOK_MLP_POST, what="the model's MLP")
+
+
+def check_sae_path(cfg: RunConfig) -> None:
+    """For `--sae PATH`: refuse, before any stage writes a file, an SAE folder that cannot be
+    read or does not fit the run's model (its d_in or hook)."""
+    from trainer.model import OneLayerTransformer
+    from trainer.sae import SparseAutoencoder
+
+    if not cfg.sae_path:
+        return
+    if not (cfg.lm_dir / "model.safetensors").exists():
+        raise FileNotFoundError(f"no model at {cfg.lm_dir}: --sae needs the run's model (see --out-dir)")
+    _check_sae_fits(OneLayerTransformer.load(cfg.lm_dir), SparseAutoencoder.load(cfg.sae_dir))
 
 
 def lm_val_loss(cfg: RunConfig) -> float | None:
@@ -217,12 +230,15 @@ def run_analyze(cfg: RunConfig) -> tuple[int, int]:
     from trainer.sae import SparseAutoencoder
 
     model = OneLayerTransformer.load(cfg.lm_dir)
-    sae = SparseAutoencoder.load(cfg.sae_dir)  # analyze_and_store checks that it fits the model
+    sae = SparseAutoencoder.load(cfg.sae_dir)
+    _check_sae_fits(model, sae)
+    if cfg.sae_path:  # the stored config describes the SAE that was analysed
+        cfg = dataclasses.replace(cfg, sae=sae.cfg)
     tokenizer = load_tokenizer(cfg.tokenizer_path)
     val_tokens = load_token_split(cfg.tokens_dir, "val")
     lm_log = _read_json(cfg.lm_dir / "training_log.json") or []
     lm_metrics = {"lm_val_loss": lm_val_loss(cfg)}
-    sae_metrics = {**(_read_json(cfg.sae_dir / "eval.json") or {}), **lm_metrics}
+    sae_metrics = {**(_read_json(cfg.eval_dir / "eval.json") or {}), **lm_metrics}
     manifest = corpus_manifest(cfg)
     sae_run = analyze_and_store(
         cfg,
