@@ -1,0 +1,165 @@
+"""Export → import round trips lose nothing a page shows (compared through the JSON API), bad run
+files are refused with the target database untouched, and the Neuronpedia layout holds the run."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from appdb import SAE_RUN, FixtureDB
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from trainer.cli import main
+from trainer.neuronpedia import export_neuronpedia
+from trainer.runfile import RunFileError, export_jsonl, import_jsonl
+from trainer.schema import make_engine
+from trainer.store import complete_runs
+
+
+def _same_instant(value: Any) -> Any:
+    """Times as the instant they name: SQLite gives them back without a zone, PostgreSQL in UTC."""
+    if isinstance(value, dict):
+        return {
+            k: v.removesuffix("Z").removesuffix("+00:00")
+            if k.endswith("_at") and isinstance(v, str)
+            else _same_instant(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_same_instant(v) for v in value]
+    return value
+
+
+def pages(url: str) -> dict[str, Any]:
+    """Every JSON page of every complete run: the run list, run pages, feature pages, searches."""
+    seen: dict[str, Any] = {}
+    with TestClient(create_app(Settings(database_url=url))) as client:
+        runs = client.get("/api/runs").json()
+        seen["/api/runs"] = runs["runs"]  # unfinished runs are not exported
+        for run in runs["runs"]:
+            detail = client.get(run["api_url"]).json()
+            seen[run["api_url"]] = detail
+            for sort in ("density", "max_activation", "index"):
+                path = f"{run['api_url']}?sort={sort}&page=2"
+                seen[path] = client.get(path).json()
+            for index in range(run["n_features"]):
+                path = f"{run['api_url']}/features/{index}"
+                seen[path] = client.get(path).json()
+            for token in (" the", "the", "\n", "cat"):
+                response = client.get("/api/search", params={"token": token})
+                seen[f"search {token!r}"] = response.json()
+    return _same_instant(seen)
+
+
+def export_all(source_url: str, folder: Path, suffix: str = ".jsonl") -> list[Path]:
+    engine = make_engine(source_url, read_only=True)
+    files = [folder / f"{slug}{suffix}" for _, slug in complete_runs(engine)]
+    for path in files:
+        export_jsonl(engine, path.name.removesuffix(suffix), path)
+    engine.dispose()
+    return files
+
+
+@pytest.mark.parametrize("source", ["fixture_db", "hostile_db"])
+def test_round_trip_shows_the_same_pages(
+    request: pytest.FixtureRequest, db_url: str, tmp_path: Path, source: str
+) -> None:
+    original: FixtureDB = request.getfixturevalue(source)
+    files = export_all(original.url, tmp_path, ".jsonl.gz")
+    assert files
+    for path in files:
+        import_jsonl(path, db_url)
+    before, after = pages(original.url), pages(db_url)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert after[key] == before[key], key
+
+
+def test_cli_round_trip_and_bad_input(
+    fixture_db: FixtureDB, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, target = tmp_path / "run.jsonl", tmp_path / "target.db"
+    assert main(["export", SAE_RUN, "--format", "jsonl", "--out", str(path), "--db", fixture_db.url]) == 0
+    assert main(["import", str(path), "--db", str(target)]) == 0
+    assert main(["import", str(path), "--db", str(target), "--run-name", "copy"]) == 0
+    capsys.readouterr()
+    after = pages(f"sqlite:///{target}")
+    assert {run["slug"] for run in after["/api/runs"]} == {SAE_RUN, "copy"}
+    assert after["/api/runs/copy/features/3"]["label"] == after[f"/api/runs/{SAE_RUN}/features/3"]["label"]
+
+    lines = path.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    bad_files = {
+        "truncated": ("".join(lines[: len(lines) // 2]), "ends without its end line"),
+        "cut mid-line": ("".join(lines)[: -len(lines[-1]) - 40], "not valid JSON"),
+        "corrupt": ("".join(lines[:5]) + "{garbage\n" + "".join(lines[5:]), "line 6: not valid JSON"),
+        "wrong version": (json.dumps({**header, "version": 99}) + "\n" + "".join(lines[1:]), "version 99"),
+        "not ours": ('{"hello": 1}\n', "not a monosemantic-run file"),
+        "missing rows": ("".join(lines[:3] + lines[4:]), "row counts"),
+        "taken name": ("".join(lines), f"already has a run '{SAE_RUN}'"),
+    }
+    state = pages(f"sqlite:///{target}")
+    for name, (text, message) in bad_files.items():
+        bad = tmp_path / f"{name}.jsonl"
+        bad.write_text(text)
+        fresh = tmp_path / f"fresh-{name.replace(' ', '-')}.db"
+        for db in (target, fresh):
+            if name == "taken name" and db == fresh:
+                continue
+            assert main(["import", str(bad), "--db", str(db)]) == 2, name
+            err = capsys.readouterr().err.strip()
+            assert err.startswith("error: ") and message in err and "\n" not in err, (name, err)
+        assert not fresh.exists(), f"{name}: a fresh target database was created"
+    assert pages(f"sqlite:///{target}") == state  # the target holds what it held before
+
+    assert main(["export", "no-such-run", "--out", str(tmp_path / "x.jsonl"), "--db", fixture_db.url]) == 2
+    assert "no complete run 'no-such-run'" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_import_is_one_transaction(fixture_db: FixtureDB, tmp_path: Path) -> None:
+    """A row the database rejects half way (a duplicate key) leaves no run behind."""
+    path = tmp_path / "run.jsonl"
+    export_all(fixture_db.url, tmp_path)
+    path = tmp_path / f"{SAE_RUN}.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    feature_lines = [i for i, line in enumerate(lines) if line.startswith('{"type": "feature"')]
+    duplicated = lines[: feature_lines[-1]] + [lines[feature_lines[0]]] + lines[feature_lines[-1] + 1 :]
+    path.write_text("".join(duplicated))
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    with pytest.raises(RunFileError, match="the database refused a row .*UNIQUE"):
+        import_jsonl(path, target)
+    assert header["counts"]["feature"] > 1
+    assert complete_runs(make_engine(target)) == []
+
+
+def test_neuronpedia_layout(fixture_db: FixtureDB, tmp_path: Path) -> None:
+    engine = make_engine(fixture_db.url, read_only=True)
+    folder = export_neuronpedia(engine, SAE_RUN, tmp_path)
+    engine.dispose()
+    assert folder == tmp_path / "tiny-lm" / f"0-{SAE_RUN}"
+    read = lambda sub: [  # noqa: E731
+        json.loads(line) for line in gzip.open(folder / sub / "batch-0.jsonl.gz", "rt", encoding="utf-8")
+    ]
+    features, activations, explanations = read("features"), read("activations"), read("explanations")
+    with TestClient(create_app(Settings(database_url=fixture_db.url))) as client:
+        shown = [client.get(f"/api/runs/{SAE_RUN}/features/{i}").json() for i in range(len(features))]
+    assert [f["index"] for f in features] == [str(i) for i in range(len(shown))]
+    for row, page in zip(features, shown, strict=True):
+        assert (row["modelId"], row["layer"]) == ("tiny-lm", f"0-{SAE_RUN}")
+        assert row["frac_nonzero"] == page["density"] and row["maxActApprox"] == page["max_activation"]
+        assert row["pos_values"] == [e["value"] for e in page["logits"]["positive"]]
+        assert row["pos_str"] == [e["token"]["text"] for e in page["logits"]["positive"]]
+        assert sum(row["freq_hist_data_bar_heights"]) == sum(page["activation_histogram"]["counts"])
+    labelled = {str(p["index"]): p["label"] for p in shown if p["label"]}
+    assert {e["index"]: e["description"] for e in explanations} == labelled
+    top = [a for a in activations if a["index"] == "0" and a["binMin"] == -1.0]
+    page_top = shown[0]["top_examples"]
+    assert len(top) == len(page_top) and top[0]["maxValue"] == pytest.approx(page_top[0]["max_activation"])
+    assert all(len(a["tokens"]) == len(a["values"]) for a in activations)
