@@ -155,8 +155,13 @@ def export_neuronpedia(engine: Engine, slug: str, out_dir: Path, model_id: str |
                 folder / "explanations" / f"batch-{batch}.jsonl.gz",
                 [e for e in explanations if start <= int(e["index"]) < stop],
             )
-        activations: dict[int, list[dict[str, Any]]] = {}
+        # Examples come ordered by feature: each batch file is written as soon as it is complete.
+        pending: list[dict[str, Any]] = []
+        batch = 0
         for example in table_rows(conn, "example", run["id"]):
+            while example["feature_index"] >= (batch + 1) * FEATURES_PER_BATCH:
+                _write_gz(folder / "activations" / f"batch-{batch}.jsonl.gz", pending)
+                pending, batch = [], batch + 1
             values = unpack_activations(bytes(example["activations"])).tolist()
             ids = unpack_token_ids(bytes(example["token_ids"])).tolist()
             top = example["kind"] == "top"
@@ -165,7 +170,7 @@ def export_neuronpedia(engine: Engine, slug: str, out_dir: Path, model_id: str |
             low, high = (
                 (edges[band], edges[band + 1]) if band is not None and band + 1 < len(edges) else (None, None)
             )
-            activations.setdefault(example["feature_index"] // FEATURES_PER_BATCH, []).append(
+            pending.append(
                 {
                     **key,
                     "id": f"{model}@{source}:{example['feature_index']}:{example['kind']}:{band}:{example['rank']}",
@@ -182,6 +187,8 @@ def export_neuronpedia(engine: Engine, slug: str, out_dir: Path, model_id: str |
                     "dataIndex": str(example["source_position"]),
                 }
             )
-        for batch in range(max(1, -(-len(features) // FEATURES_PER_BATCH))):
-            _write_gz(folder / "activations" / f"batch-{batch}.jsonl.gz", activations.get(batch, []))
+        n_batches = max(1, -(-len(features) // FEATURES_PER_BATCH))
+        while batch < n_batches:
+            _write_gz(folder / "activations" / f"batch-{batch}.jsonl.gz", pending)
+            pending, batch = [], batch + 1
     return folder
