@@ -154,8 +154,8 @@ def test_neuronpedia_layout(fixture_db: FixtureDB, tmp_path: Path) -> None:
     for row, page in zip(features, shown, strict=True):
         assert (row["modelId"], row["layer"]) == ("tiny-lm", f"0-{SAE_RUN}")
         assert row["frac_nonzero"] == page["density"] and row["maxActApprox"] == page["max_activation"]
-        assert row["pos_values"] == [e["value"] for e in page["logits"]["positive"]]
-        assert row["pos_str"] == [e["token"]["text"] for e in page["logits"]["positive"]]
+        assert row["pos_values"] == [e["value"] for e in page["logit_positive"]]
+        assert row["pos_str"] == [e["token"]["text"] for e in page["logit_positive"]]
         assert sum(row["freq_hist_data_bar_heights"]) == sum(page["activation_histogram"]["counts"])
     labelled = {str(p["index"]): p["label"] for p in shown if p["label"]}
     assert {e["index"]: e["description"] for e in explanations} == labelled
