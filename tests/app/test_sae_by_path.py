@@ -119,7 +119,7 @@ def test_an_sae_that_does_not_fit_is_refused_before_anything_is_written(
     d_in = 128 + extra_d_in
     weights = {"W_enc": torch.randn(d_in, 16), "W_dec": torch.randn(16, d_in), "b_enc": torch.zeros(16)}
     folder = saelens_folder(
-        run_dir / "elsewhere" / f"misfit-{extra_d_in}", {**weights, "b_dec": torch.zeros(d_in)}
+        run_dir / "elsewhere" / f"misfit-{extra_d_in}", {**weights, "b_dec": torch.zeros(d_in)}, hook=hook
     )
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
     db = run_dir / f"misfit-{extra_d_in}.db"
