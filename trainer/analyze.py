@@ -3,8 +3,8 @@ and store the run in the database — what the paper's interactive feature pages
 
 `analyze_run` streams over the val split once through the model and the encoder (memory bounded
 by `AnalysisConfig.tokens_per_batch`), keeping only the nonzero activations in an on-disk cache;
-two cheap passes over that cache add the histograms, the interval samples and every example
-window's activations (trainer/analysis/). `analyze_and_store` and `analyze_neurons_and_store`
+cheap passes over that cache add the histograms, the interval samples, every example window's
+activations and the top examples' ablation effects (trainer/analysis/). `analyze_and_store` and `analyze_neurons_and_store`
 wrap it with the database protocol of trainer/store.py.
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from trainer.analysis.ablation import ablation_effects, ablation_summary, effect_rows
 from trainer.analysis.feature_map import feature_map
 from trainer.analysis.rows import (
     concat_windows,
@@ -40,7 +41,9 @@ from trainer.config import AnalysisConfig, RunConfig, to_dict
 from trainer.model import OneLayerTransformer
 from trainer.schema import (
     Example,
+    ExampleEffect,
     Feature,
+    RunFinding,
     Token,
     TokenFeature,
     display_token,
@@ -61,12 +64,15 @@ class SAELike(Protocol):
 @dataclass
 class Basis:
     """What is analysed: `encode` maps MLP activations [N, d_mlp] to [N, n_features]; `decoder`
-    [n_features, d_mlp] gives logit effects; `neighbour_vectors` the similarity between features."""
+    [n_features, d_mlp] gives logit effects; `neighbour_vectors` the similarity between features;
+    x̂ = f · decoder + `decoder_bias` the reconstruction that ablations remove a feature from (None:
+    the neurons, whose reconstruction is the MLP output itself)."""
 
     kind: str  # 'sae' | 'neurons'
     encode: Encode
     decoder: torch.Tensor
     neighbour_vectors: torch.Tensor
+    decoder_bias: torch.Tensor | None = None
 
     @property
     def n_features(self) -> int:
@@ -75,7 +81,9 @@ class Basis:
 
 def sae_basis(sae: SAELike) -> Basis:
     decoder = sae.W_dec.detach().float()
-    return Basis("sae", sae.encode, decoder, decoder)
+    bias = getattr(sae, "b_dec", None)
+    bias = torch.zeros(decoder.shape[1]) if bias is None else bias.detach().float()
+    return Basis("sae", sae.encode, decoder, decoder, bias)
 
 
 def neuron_basis(model: OneLayerTransformer) -> Basis:
@@ -92,6 +100,8 @@ class RunAnalysis:
     examples: list[dict[str, Any]]  # Example columns (no run_id)
     token_features: list[dict[str, Any]]  # TokenFeature columns (no run_id)
     density_histogram: dict[str, Any]
+    effects: list[dict[str, Any]] = field(default_factory=list)  # ExampleEffect columns (no run_id)
+    findings: dict[str, dict[str, Any]] = field(default_factory=dict)  # RunFinding data by key
     timings: dict[str, float] = field(default_factory=dict)
     cache_bytes: int = 0
 
@@ -191,11 +201,28 @@ def analyze_run(
             step = _stage("analysis: examples", n_batches, progress)
             fill_window_activations(both, _tracked(cache, step), n_features)
             timings["examples"] = time.perf_counter() - t0
+
+            # Pass 4: the top examples' ablation effects (the underlines of the feature pages).
+            t0 = time.perf_counter()
+            n_top = int(top_windows.features.numel())
+            top_windows.activations = both.activations[:n_top]
+            step = _stage("analysis: ablations", n_batches, progress)
+            effects = ablation_effects(
+                model,
+                top_windows,
+                tokens,
+                val_tokens,
+                _tracked(cache, step),
+                basis.decoder,
+                basis.decoder_bias,
+            )
+            timings["ablations"] = time.perf_counter() - t0
             cache_bytes = cache.n_bytes
 
         t0 = time.perf_counter()
-        n_top = int(top_windows.features.numel())
         examples = example_rows(both, tokens, cfg, n_top)
+        effect_table = effect_rows(top_windows, effects)
+        findings = {"ablation": ablation_summary(top_windows, effects)}
         features = feature_rows(
             model.direct_logit_weights().detach(),
             basis.decoder,
@@ -224,6 +251,8 @@ def analyze_run(
         examples,
         token_features,
         density_histogram(density, len(tokens)),
+        effect_table,
+        findings,
         timings,
         cache_bytes,
     )
@@ -290,6 +319,8 @@ def _store(
                 (Feature, analysis.features),
                 (TokenFeature, analysis.token_features),
                 (Example, analysis.examples),
+                (ExampleEffect, analysis.effects),
+                (RunFinding, [{"key": key, "data": data} for key, data in analysis.findings.items()]),
             ]
             step = _stage("database: write", sum(len(rows) for _, rows in tables), progress, unit="row")
             for table, rows in tables:

@@ -38,7 +38,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
@@ -186,6 +186,33 @@ class TokenFeature(Base):
     count: Mapped[int] = mapped_column(Integer)  # occurrences on which the feature fired
 
 
+class ExampleEffect(Base):
+    """Ablation effects on one example window (trainer/analysis/ablation.py): per token, the change
+    in log p(actual next token) when the feature is removed from the SAE reconstruction at that
+    token. Keyed by the window's focus position, so a top example and an interval sample around
+    the same token share it. Absent: not computed (a run analysed before effects existed)."""
+
+    __tablename__ = "example_effects"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_position: Mapped[int] = mapped_column(Integer, primary_key=True)  # = Example.source_position
+    # pack_activations([window]): nats, one per token of the example's window; 0 where the feature
+    # does not fire, NaN where the window's last token has no next token.
+    effects: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RunFinding(Base):
+    """A run-level number set behind one of the paper's claims (the findings page), by key:
+    "ablation": {"n_examples", "n_firing_tokens", "helped_share", "median_effect",
+    "median_focus_effect", "most_helpful": [{"index", "mean_focus_effect"}]}. Other claims add
+    their own key; each documents its layout here."""
+
+    __tablename__ = "run_findings"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 class StoredPage(Base):
     """A page of a complete run rendered ahead of time by `monosemantic prerender`: the exact
     body the app would send for `path` (no query string), gzip-compressed.
@@ -312,7 +339,16 @@ def _add_feature_map(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE {Feature.__tablename__} ADD COLUMN {column} FLOAT"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_stored_pages, 2: _add_feature_map}
+def _add_findings_tables(conn: Connection) -> None:
+    for table in (ExampleEffect, RunFinding):
+        table.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _add_stored_pages,
+    2: _add_feature_map,
+    3: _add_findings_tables,
+}
 
 
 def read_schema_version(engine: Engine) -> int | None:

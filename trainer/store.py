@@ -24,8 +24,10 @@ from trainer.schema import (
     Base,
     DatabaseError,
     Example,
+    ExampleEffect,
     Feature,
     Run,
+    RunFinding,
     Token,
     TokenFeature,
     ensure_schema,
@@ -35,7 +37,7 @@ from trainer.schema import (
 )
 
 PENDING_MARK = "~pending-"
-CHILD_TABLES = (Example, TokenFeature, Token, Feature)
+CHILD_TABLES = (ExampleEffect, RunFinding, Example, TokenFeature, Token, Feature)
 
 
 def open_database(url: str) -> Engine:
