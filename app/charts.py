@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from app.models import Histogram, MapPoint
+from app.models import DensitySummary, Histogram, MapPoint
 
 Spec = dict[str, Any]
 
@@ -89,12 +89,79 @@ def logit_histogram(hist: Histogram) -> Spec | None:
     }
 
 
-def density_histogram(hist: Histogram) -> Spec | None:
+def density_histogram(hist: Histogram, summary: DensitySummary | None = None) -> Spec | None:
+    """Log10 densities of the units that fired, from 1 / tokens analysed up to 1; with `summary`,
+    the ultralow region shaded and the measurable floor and the dead count marked."""
     if not hist.counts:
         return None
+    layout = _layout("feature density (log scale)", "features")
+    if hist.edges:
+        low, high = math.floor(hist.edges[0]), math.ceil(hist.edges[-1])
+        ticks = list(range(low, high + 1))
+        layout["xaxis"] |= {"tickvals": ticks, "ticktext": [f"1e{t}" if t else "1" for t in ticks]}
+    if summary is not None:
+        shapes, notes = [], []
+        if summary.min_density:
+            floor = math.log10(summary.min_density)
+            shapes.append(_vline(floor, "#5f6b76", "dot"))
+            notes.append(_note(floor, "1 / tokens analysed", "left"))
+        if summary.n_ultralow is not None:
+            threshold = math.log10(summary.ultralow_threshold)
+            shapes.append(
+                {
+                    "type": "rect",
+                    "xref": "x",
+                    "yref": "paper",
+                    "x0": hist.edges[0] if hist.edges else threshold - 1,
+                    "x1": threshold,
+                    "y0": 0,
+                    "y1": 1,
+                    "fillcolor": "rgba(192, 57, 43, 0.08)",
+                    "line": {"width": 0},
+                    "layer": "below",
+                }
+            )
+            notes.append(_note(threshold, f"ultralow ({summary.n_ultralow})", "right"))
+        notes.append(
+            {
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0,
+                "y": 1,
+                "xanchor": "left",
+                "yanchor": "top",
+                "showarrow": False,
+                "text": f"dead (never fired): {summary.n_dead}",
+                "font": {"size": 11},
+            }
+        )
+        layout |= {"shapes": shapes, "annotations": notes, "margin": {"l": 48, "r": 12, "t": 20, "b": 40}}
+    return {"data": [_bars(hist, "#2471a3", "features")], "layout": layout}
+
+
+def _vline(x: float, colour: str, dash: str) -> dict[str, Any]:
     return {
-        "data": [_bars(hist, "#2471a3", "features")],
-        "layout": _layout("log₁₀ feature density", "features"),
+        "type": "line",
+        "xref": "x",
+        "yref": "paper",
+        "x0": x,
+        "x1": x,
+        "y0": 0,
+        "y1": 1,
+        "line": {"color": colour, "width": 1, "dash": dash},
+    }
+
+
+def _note(x: float, text: str, side: str) -> dict[str, Any]:
+    return {
+        "xref": "x",
+        "yref": "paper",
+        "x": x,
+        "y": 0.85,
+        "xanchor": "right" if side == "left" else "left",
+        "showarrow": False,
+        "text": text,
+        "font": {"size": 10},
     }
 
 

@@ -32,6 +32,10 @@ def feature_url_template(slug: str) -> str:
     return f"{run_url(slug)}/features/{{index}}"
 
 
+def findings_url(slug: str, api: bool = False) -> str:
+    return f"{run_url(slug, api)}/findings"
+
+
 def search_url(api: bool = False, **params: QueryValue) -> str:
     return f"{API if api else ''}/search" + _query(params)
 

@@ -95,6 +95,19 @@ class MapPoint(BaseModel):
     density: float
 
 
+class DensitySummary(BaseModel):
+    """Dead and ultralow-density shares of a run's features (or neurons), from the analysis."""
+
+    n_units: int
+    n_tokens_analyzed: int
+    min_density: float | None = Field(description="1 / tokens analysed: the lowest density measurable.")
+    ultralow_threshold: float = Field(description="Ultralow: fired, but on fewer than this share of tokens.")
+    n_dead: int
+    n_ultralow: int | None = Field(description="None when the threshold is below what was measurable.")
+    dead_share: float | None
+    ultralow_share: float | None
+
+
 class RunDetail(BaseModel):
     run: RunSummary
     error: str | None
@@ -108,6 +121,10 @@ class RunDetail(BaseModel):
         default_factory=list,
         description="Every feature's place on the run's map (UMAP of the feature directions, as in "
         "the paper): related features sit together. Empty if the run has no map.",
+    )
+    density_summary: DensitySummary | None = Field(
+        None,
+        description="Dead and ultralow-density shares over the analysed tokens (the paper's A/1/4096: 4.1%, 7.1%).",
     )
 
 
@@ -150,6 +167,12 @@ class ExampleOut(BaseModel):
     token_ids: list[int]
     tokens: list[str]
     activations: list[float]
+    effects: list[float | None] | None = Field(
+        None,
+        description="Per token: the change in log p(actual next token), in nats, when the feature is "
+        "removed from the SAE reconstruction at that token (negative: it helped); 0 where it does not "
+        "fire, None where the token has no next token. Absent if the run has none.",
+    )
     url: str
 
 
@@ -273,3 +296,45 @@ class SteerResult(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     schema_version: int | None
+
+
+# ----------------------------------------------------------------------------- findings
+
+FindingStatus = Literal["computed", "not_computed"]
+
+
+class FindingFigure(BaseModel):
+    """One number of a claim: the paper's beside ours (None: not stated / not computed)."""
+
+    name: str
+    paper: float | None
+    paper_text: str
+    ours: float | None
+    ours_text: str
+
+
+class FindingLink(BaseModel):
+    text: str
+    url: str
+
+
+class Finding(BaseModel):
+    """One of the paper's claims, as measured on this run."""
+
+    key: str
+    title: str
+    claim: str = Field(description="The paper's claim, in one sentence.")
+    status: FindingStatus
+    figures: list[FindingFigure] = Field(default_factory=list)
+    note: str | None = Field(None, description="How our numbers were measured.")
+    how_to_compute: str | None = Field(None, description="What computes the numbers, when they are missing.")
+    links: list[FindingLink] = Field(default_factory=list)
+    details: dict[str, Any] = Field(default_factory=dict, description="The claim's own extra numbers.")
+
+
+class Findings(BaseModel):
+    run: RunRef
+    feature_run: RunRef | None = Field(description="The SAE run whose features are compared.")
+    neuron_run: RunRef | None = Field(description="The same model's neurons, analysed alike.")
+    findings: list[Finding]
+    url: str

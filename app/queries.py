@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, func, select
+from sqlalchemy import BindParameter, ColumnElement, and_, bindparam, func, inspect, select
 from sqlalchemy.orm import Session, defer
 
 from app import links
@@ -42,6 +42,7 @@ from app.models import (
 )
 from trainer.schema import (
     Example,
+    ExampleEffect,
     Feature,
     Run,
     Token,
@@ -64,6 +65,23 @@ SORT_COLUMNS: dict[str, Any] = {
 
 class NotFoundError(LookupError):
     """What was asked for does not exist; the message says what (shown on the 404 page)."""
+
+
+# Table names per engine, read once: the app never changes the schema of the database it serves,
+# and a database from before a table existed is served without what that table holds.
+_TABLES: weakref.WeakKeyDictionary[Any, frozenset[str]] = weakref.WeakKeyDictionary()
+_tables_lock = threading.Lock()
+
+
+def table_names(session: Session) -> frozenset[str]:
+    engine = session.get_bind()
+    with _tables_lock:
+        names = _TABLES.get(engine)
+    if names is None:
+        names = frozenset(inspect(session.connection()).get_table_names())
+        with _tables_lock:
+            _TABLES[engine] = names
+    return names
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -377,11 +395,15 @@ _EXAMPLES_QUERY = (
         _examples.c.rank,
         _examples.c.max_activation,
         _examples.c.focus_position,
+        _examples.c.source_position,
         _examples.c.token_ids,
         _examples.c.activations,
     )
     .where(_examples.c.run_id == _RUN_ID, _examples.c.feature_index == _INDEX)
     .order_by(_examples.c.kind, _examples.c.band.desc(), _examples.c.rank)
+)
+_EFFECTS_QUERY = select(ExampleEffect.source_position, ExampleEffect.effects).where(
+    ExampleEffect.run_id == _RUN_ID, ExampleEffect.feature_index == _INDEX
 )
 _LABELS_QUERY = select(_features.c.index, _features.c.label).where(
     _features.c.run_id == _RUN_ID, _features.c.index.in_(bindparam("indices", expanding=True))
@@ -402,6 +424,7 @@ def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
         (row, unpack_token_ids(token_ids).tolist(), unpack_activations(activations).tolist())
         for *row, token_ids, activations in connection.execute(_EXAMPLES_QUERY, params)
     ]
+    effects = example_effects(session, params)
 
     top_tokens, logit_positive, logit_negative = (
         feature["top_tokens"] or [],
@@ -419,7 +442,15 @@ def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
     url = links.feature_url(run.slug, index)
     top_examples: list[ExampleOut] = []
     bands: dict[int, list[ExampleOut]] = {}
-    for (example_id, kind, band, rank, max_activation, focus_position), token_ids, activations in windows:
+    for (
+        example_id,
+        kind,
+        band,
+        rank,
+        max_activation,
+        focus_position,
+        source,
+    ), token_ids, activations in windows:
         example = ExampleOut(
             id=example_id,
             kind=kind,
@@ -430,6 +461,7 @@ def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
             token_ids=token_ids,
             tokens=list(map(display.__getitem__, token_ids)),
             activations=activations,
+            effects=effects.get(source),
             url=f"{url}#example-{example_id}",  # as links.feature_url(run.slug, index, example=id)
         )
         if kind == "top":
@@ -491,6 +523,17 @@ def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
         next_index=feature["next_index"],
         url=url,
     )
+
+
+def example_effects(session: Session, params: dict[str, int]) -> dict[int, list[float | None]]:
+    """A feature's ablation effects by example focus position (NaN: None); none in a database
+    from before them."""
+    if ExampleEffect.__tablename__ not in table_names(session):
+        return {}
+    return {
+        source: [value if math.isfinite(value) else None for value in unpack_activations(blob).tolist()]
+        for source, blob in session.connection().execute(_EFFECTS_QUERY, params)
+    }
 
 
 def feature_labels(session: Session, run_id: int, indices: Iterable[int]) -> dict[int, str]:

@@ -13,13 +13,17 @@ from markupsafe import Markup, escape
 from starlette.responses import Response
 
 from app import links
-from app.models import ExampleOut
+from app.models import ExampleOut, FeatureDetail
 from app.queries import visible
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
 N_SHADES = 10  # activation shading classes a1 (weakest) .. a10 (the scale's maximum); none if not firing
+# Ablation underlines: ub1..ub5 (blue: removing the feature lowers log p(next), it helped) and
+# ur1..ur5 (red: it raises it), by |effect| relative to the page's largest.
+N_UNDERLINES = 5
+MIN_EFFECT_SCALE = 0.01  # nats: a page whose effects are all tiny shows them faint
 
 
 def shade(activation: float, scale: float) -> int:
@@ -50,8 +54,24 @@ def _plain_span(text: str) -> str:
     return span
 
 
-def _strip(tokens: Sequence[str], activations: Sequence[float], scale: float, focus: int | None) -> str:
-    """The token spans of `token_spans` (which see), as a str."""
+def underline_attributes(effect: float | None, scale: float) -> tuple[str, str]:
+    """(extra classes, extra attributes) of a token with ablation effect `effect`."""
+    if effect is None or not effect or scale <= 0 or not math.isfinite(effect):
+        return "", ""
+    level = max(1, min(N_UNDERLINES, math.ceil(N_UNDERLINES * abs(effect) / scale)))
+    return f" {'ub' if effect < 0 else 'ur'}{level}", f' data-abl="{effect:+.3g}"'
+
+
+def _strip(
+    tokens: Sequence[str],
+    activations: Sequence[float],
+    scale: float,
+    focus: int | None,
+    effects: Sequence[float | None] | None = None,
+    effect_scale: float = 0.0,
+) -> str:
+    """The token spans of `token_spans` (which see), as a str; with `effects`, firing tokens also
+    get their ablation underline class and data-abl (the tooltip's number)."""
     n = min(len(tokens), len(activations))
     if n < len(tokens) or n < len(activations):
         tokens, activations = tokens[:n], activations[:n]
@@ -66,6 +86,10 @@ def _strip(tokens: Sequence[str], activations: Sequence[float], scale: float, fo
         if act > 0 and scale > 0:
             x = N_SHADES * act / scale  # shade(act, scale), inlined
             opener = _OPENERS[N_SHADES if x >= N_SHADES else math.ceil(x) or 1][i == focus]
+            if effects is not None and i < len(effects):
+                classes, attributes = underline_attributes(effects[i], effect_scale)
+                if classes:
+                    opener = f'{opener[:-1]}{classes}"{attributes}'
             parts[i] = f'{opener} data-act="{act:.3g}" tabindex="0">{text}</span>'
         elif act:  # negative (a GELU neuron's), or no scale to shade by
             parts[i] = f'{_OPENERS[0][i == focus]} data-act="{act:.3g}">{text}</span>'
@@ -90,7 +114,17 @@ def token_spans(
     return Markup(_strip(tokens, activations, scale, focus))
 
 
-def examples_html(examples: Iterable[ExampleOut], scale: float) -> Markup:
+def effect_scale(feature: FeatureDetail) -> float:
+    """The |effect| that gets the strongest underline on a feature page: its largest."""
+    largest = 0.0
+    for example in feature.top_examples + [e for band in feature.interval_bands for e in band.examples]:
+        for effect in example.effects or ():
+            if effect is not None and abs(effect) > largest:
+                largest = abs(effect)
+    return max(largest, MIN_EFFECT_SCALE) if largest > 0 else 0.0
+
+
+def examples_html(examples: Iterable[ExampleOut], scale: float, underline_scale: float = 0.0) -> Markup:
     """The rows of a list of examples: a link to the example, its activation, its token strip.
 
     A feature page has ~70 of them, built here because a Jinja macro per row cost more than the
@@ -99,7 +133,7 @@ def examples_html(examples: Iterable[ExampleOut], scale: float) -> Markup:
     rows = []
     for ex in examples:
         ex_id = int(ex.id)
-        strip = _strip(ex.tokens, ex.activations, scale, ex.focus_position)
+        strip = _strip(ex.tokens, ex.activations, scale, ex.focus_position, ex.effects, underline_scale)
         rows.append(
             f'<div class="example" id="example-{ex_id}">'
             f'<a class="example-link" href="#example-{ex_id}" aria-label="Link to example {ex_id}">#</a> '
@@ -142,7 +176,11 @@ def build_templates(asset_version: str = "") -> Jinja2Templates:
     env.lstrip_blocks = True
     env.filters.update(num=fmt_num, density=fmt_density, pct=fmt_pct, visible=visible)
     env.globals.update(
-        links=links, token_spans=token_spans, examples_html=examples_html, static_url=static_url
+        links=links,
+        token_spans=token_spans,
+        examples_html=examples_html,
+        effect_scale=effect_scale,
+        static_url=static_url,
     )
     return templates
 

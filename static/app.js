@@ -1,6 +1,6 @@
 // Token tooltips: hover or focus a token of a strip to see its activation and text. A firing
 // token carries its activation in data-act (and tabindex, so keyboards reach it); a bare span
-// is a token that did not fire (activation 0).
+// is a token that did not fire (activation 0). data-abl: the ablation effect on log p(next token).
 (function () {
   "use strict";
   const tip = document.getElementById("tooltip");
@@ -9,7 +9,8 @@
 
   function show(token) {
     const rect = token.getBoundingClientRect();
-    tip.textContent = "activation " + (token.dataset.act || "0") + "\ntoken " + token.textContent;
+    tip.textContent = "activation " + (token.dataset.act || "0") + "\ntoken " + token.textContent +
+      (token.dataset.abl ? "\nremoving it: log p(next) " + token.dataset.abl + " nats" : "");
     tip.hidden = false;
     tip.style.left = window.scrollX + rect.left + "px";
     tip.style.top = window.scrollY + rect.bottom + 4 + "px";

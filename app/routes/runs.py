@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from app import charts, links, queries
 from app.deps import SessionDep
+from app.findings.density import PAPER_DEAD, PAPER_ULTRALOW, density_summary
 from app.models import FeatureListFilters, RunDetail, RunList, SortKey, SortOrder, blank_is_none
 from app.templating import render
 
@@ -55,7 +56,9 @@ def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureLi
         size=view.size,
         filters=view.filters(),
     )
-    return queries.run_detail(session, record, features, request.app.state.schema_version)
+    detail = queries.run_detail(session, record, features, request.app.state.schema_version)
+    detail.density_summary = density_summary(session, record)
+    return detail
 
 
 @router.get("/api/runs", response_model=RunList)
@@ -86,7 +89,8 @@ async def show_run(
     context = {
         "data": data,
         "view": view,
-        "density_chart": charts.density_histogram(data.density_histogram),
+        "density_chart": charts.density_histogram(data.density_histogram, data.density_summary),
+        "paper_density": {"dead": PAPER_DEAD, "ultralow": PAPER_ULTRALOW},
         "training_charts": charts.training_curves(data.training_log),
         "map_chart": charts.feature_map(
             data.feature_map,

@@ -82,6 +82,16 @@ def server(fixture_db: FixtureDB) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def real_server(real_run_db: str) -> Iterator[Server]:
+    """`monosemantic serve` on the real tiny run's database."""
+    db = FixtureDB(url=real_run_db, path=Path(real_run_db.removeprefix("sqlite:///")), artifacts=None)
+    proc, base = start_server(db)
+    yield Server(base_url=base, db=db)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
 def hostile_server(hostile_db: FixtureDB) -> Iterator[Server]:
     proc, base = start_server(hostile_db)
     yield Server(base_url=base, db=hostile_db)

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from appdb import HOSTILE_RUN, NEURON_RUN, SAE_RUN
 from conftest import Server
@@ -185,3 +186,37 @@ def test_hostile_text_stays_text(hostile_server: Server, page: Page) -> None:
     expect(page.locator("p.label bdi")).to_have_text("<script>alert(1)</script>")
     page.locator(".example .toks > [data-act]").first.hover()
     assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_findings_page_and_ablation_underlines(real_server: Server, page: Page) -> None:
+    """On a real tiny run: the run page links its findings; every claim has its section, the
+    uncomputed ones say so; an ablation link opens a feature page whose underlined tokens show
+    their effect in the tooltip."""
+    runs = httpx.get(f"{real_server.base_url}/api/runs").json()["runs"]
+    sae = next(run for run in runs if run["kind"] == "sae")
+    page.goto(f"{real_server.base_url}{sae['url']}")
+    page.get_by_role("link", name="The paper's findings on this run").click()
+    expect(page.locator("h1")).to_contain_text("The paper's findings on")
+    for key in ("reconstruction", "interpretability", "splitting", "universality", "density", "ablation"):
+        expect(page.locator(f"section#{key} h2")).to_be_visible()
+    expect(page.locator("section.status-not_computed .not-computed")).to_have_count(3)
+    expect(page.locator("section#density td.ours").first).to_contain_text("%")
+
+    page.locator("section#ablation .finding-links a").first.click()
+    expect(page.locator("h1")).to_have_text(re.compile(r"^Feature \d+$"))
+    expect(page.locator(".ablation-legend")).to_be_visible()
+    underlined = page.locator(".example .toks > [data-abl]").first
+    expect(underlined).to_be_visible()
+    border = underlined.evaluate("el => getComputedStyle(el).borderBottomStyle")
+    assert border == "solid"  # the underline class applies
+    colour = underlined.evaluate("el => getComputedStyle(el).borderBottomColor")
+    effect = float(underlined.get_attribute("data-abl") or "nan")
+    assert ("36, 113, 163" if effect < 0 else "192, 57, 43") in colour  # blue: it helped; red: it hurt
+    underlined.hover()
+    expect(page.locator("#tooltip")).to_contain_text(
+        f"removing it: log p(next) {underlined.get_attribute('data-abl')} nats"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(ARTIFACTS / "feature_page_ablation.png"), full_page=True)
+    assert page.script_errors == [] and page.dialogs == []  # type: ignore[attr-defined]

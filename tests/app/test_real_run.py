@@ -11,7 +11,7 @@ from markupsafe import escape
 
 from app.models import FeatureDetail
 from app.queries import visible
-from app.templating import shade
+from app.templating import effect_scale, shade, underline_attributes
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +72,17 @@ def test_every_feature_page(real_client: TestClient, runs: dict[str, dict[str, A
         examples = feature["top_examples"] + [
             ex for band in feature["interval_bands"] for ex in band["examples"]
         ]
-        assert FeatureDetail.model_validate(feature) is not None  # the twin keeps its documented model
+        detail = FeatureDetail.model_validate(feature)  # the twin keeps its documented model
         for example in examples:
             assert len(example["tokens"]) == len(example["token_ids"]) == len(example["activations"])
-            assert_strip(page.text, example, feature["max_activation"])
+            assert_strip(page.text, example, feature["max_activation"], effect_scale(detail))
         assert page.text.count('<span class="toks">') == len(examples), index
 
 
-def assert_strip(html: str, example: dict[str, Any], scale: float) -> None:
+def assert_strip(html: str, example: dict[str, Any], scale: float, underline_scale: float) -> None:
     """The example's row holds one span per token, in order: the token's escaped display text; if
-    it fires, its shading class, its activation (for the tooltip) and tabindex; f on the focus."""
+    it fires, its shading class, its ablation underline and effect, its activation (for the
+    tooltip) and tabindex; f on the focus."""
     row = re.search(
         rf'<div class="example" id="example-{example["id"]}">.*?'
         r'<span class="toks">((?:<span[^>]*>[^<]*</span>)*)</span></div>',
@@ -90,10 +91,14 @@ def assert_strip(html: str, example: dict[str, Any], scale: float) -> None:
     assert row, example["id"]
     spans = re.findall(r"<span([^>]*)>([^<]*)</span>", row.group(1))
     assert [text for _, text in spans] == [str(escape(t)) for t in example["tokens"]]
+    effects = example["effects"] or [None] * len(spans)
     for i, ((attributes, _), act) in enumerate(zip(spans, example["activations"], strict=True)):
         focus = " f" if i == example["focus_position"] else ""
         if act > 0:
-            expected = f' class="a{shade(act, scale)}{focus}" data-act="{act:.3g}" tabindex="0"'
+            underline, effect = underline_attributes(effects[i], underline_scale)
+            expected = (
+                f' class="a{shade(act, scale)}{focus}{underline}"{effect} data-act="{act:.3g}" tabindex="0"'
+            )
         else:  # a negative activation (a GELU neuron's) is shown, not shaded
             expected = (' class="f"' if focus else "") + (f' data-act="{act:.3g}"' if act else "")
         assert attributes == expected, (example["id"], i, act)

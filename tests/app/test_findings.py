@@ -1,0 +1,132 @@
+"""The findings page and its JSON twin, the run page's density marks and the feature pages'
+ablation underlines: on a real tiny run, and on a database from before them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from appdb import SAE_RUN
+from fastapi.testclient import TestClient
+from sqlalchemy import text, update
+
+from app.main import create_app
+from app.models import Findings
+from app.settings import Settings
+from trainer.schema import SchemaInfo, make_engine
+
+CLAIMS = ["reconstruction", "interpretability", "splitting", "universality", "density", "ablation"]
+
+
+@pytest.fixture(scope="module")
+def runs(real_client: TestClient) -> dict[str, dict[str, Any]]:
+    return {run["kind"]: run for run in real_client.get("/api/runs").json()["runs"]}
+
+
+@pytest.mark.parametrize("kind", ["sae", "neurons"])
+def test_findings_page_and_twin(real_client: TestClient, runs: dict[str, dict[str, Any]], kind: str) -> None:
+    run = runs[kind]
+    twin = real_client.get(f"{run['api_url']}/findings")
+    page = real_client.get(f"{run['url']}/findings")
+    assert twin.status_code == page.status_code == 200
+    findings = Findings.model_validate(twin.json())
+    assert [f.key for f in findings.findings] == CLAIMS
+    # Either run's page compares the same pair: the model's features and its neurons.
+    assert findings.feature_run is not None and findings.feature_run.slug == runs["sae"]["slug"]
+    assert findings.neuron_run is not None and findings.neuron_run.slug == runs["neurons"]["slug"]
+    by_key = {f.key: f for f in findings.findings}
+    for key in ("interpretability", "splitting", "universality"):
+        assert by_key[key].status == "not_computed" and by_key[key].how_to_compute
+        assert all(fig.ours is None and fig.paper_text for fig in by_key[key].figures)
+    for key in ("reconstruction", "density", "ablation"):
+        assert by_key[key].status == "computed", key
+    assert page.text.count("not computed for this run") == 3
+    assert f'<link rel="alternate" type="application/json" href="{run["api_url"]}/findings">' in page.text
+    for finding in findings.findings:
+        assert f'<section id="{finding.key}" class="finding status-{finding.status}">' in page.text
+        for fig in finding.figures:
+            assert fig.paper_text in page.text.replace("&#39;", "'")
+        for link in finding.links:
+            assert real_client.get(link.url.split("#")[0]).status_code == 200, link.url
+
+
+def test_density_shares_match_the_features(real_client: TestClient, runs: dict[str, dict[str, Any]]) -> None:
+    density = next(
+        f
+        for f in real_client.get(f"{runs['sae']['api_url']}/findings").json()["findings"]
+        if f["key"] == "density"
+    )
+    for unit, kind in (("features", "sae"), ("neurons", "neurons")):
+        run = runs[kind]
+        items = real_client.get(run["api_url"], params={"size": 200}).json()["features"]["items"]
+        assert len(items) == run["n_features"]
+        summary = density["details"][unit]
+        dead = sum(item["density"] == 0 for item in items)
+        assert summary["n_dead"] == dead and summary["dead_share"] == pytest.approx(dead / len(items))
+        # The tiny run analyses 20,000 tokens: one firing is a density of 5e-5, above the cut.
+        assert summary["min_density"] == pytest.approx(1 / run["n_tokens_analyzed"])
+        assert summary["n_ultralow"] is None and summary["ultralow_share"] is None
+    figures = {f["name"]: f for f in density["figures"]}
+    assert figures["dead, features"]["paper_text"].startswith("4.1%")
+    assert figures["ultralow (density < 1e-5), features"]["ours_text"].startswith("not measurable")
+
+
+def test_run_page_marks_dead_and_the_measurable_floor(
+    real_client: TestClient, runs: dict[str, dict[str, Any]]
+) -> None:
+    run = runs["sae"]
+    page = real_client.get(run["url"]).text
+    assert f'href="{run["url"]}/findings"' in page
+    assert "The paper&#39;s A/1/4096: 4.1% dead, 7.1% ultralow." in page
+    spec = re.search(r'<script type="application/json" id="chart-density">(.*?)</script>', page, re.S)
+    assert spec and "1 / tokens analysed" in spec.group(1) and "dead (never fired)" in spec.group(1)
+    summary = real_client.get(run["api_url"]).json()["density_summary"]
+    assert (
+        summary["n_units"] == run["n_features"] and summary["n_tokens_analyzed"] == run["n_tokens_analyzed"]
+    )
+
+
+@pytest.mark.parametrize("kind", ["sae", "neurons"])
+def test_feature_pages_carry_ablation_effects(
+    real_client: TestClient, runs: dict[str, dict[str, Any]], kind: str
+) -> None:
+    """Every top example has one effect per token: 0 exactly where the unit does not fire."""
+    run = runs[kind]
+    underlined = 0
+    for index in range(0, run["n_features"], 7):
+        feature = real_client.get(f"{run['api_url']}/features/{index}").json()
+        for example in feature["top_examples"]:
+            effects = example["effects"]
+            assert effects is not None and len(effects) == len(example["tokens"])
+            for effect, act in zip(effects, example["activations"], strict=True):
+                if act <= 0:
+                    assert effect == 0
+        page = real_client.get(f"{run['url']}/features/{index}").text
+        underlined += len(re.findall(r'class="a\d+(?: f)? u[br]\d" data-abl="[+-]', page))
+    assert underlined > 0
+
+
+def test_a_database_from_before_findings_is_served_without_them(writable_db: str) -> None:
+    engine = make_engine(writable_db)
+    with engine.begin() as conn:  # schema version 3: no effects, no run findings
+        conn.execute(text("DROP TABLE example_effects"))
+        conn.execute(text("DROP TABLE run_findings"))
+        conn.execute(update(SchemaInfo).values(version=3))
+    engine.dispose()
+    with TestClient(create_app(Settings(database_url=writable_db))) as client:
+        findings = client.get(f"/api/runs/{SAE_RUN}/findings")
+        assert findings.status_code == 200
+        ablation = next(f for f in findings.json()["findings"] if f["key"] == "ablation")
+        assert ablation["status"] == "not_computed" and "predates" in ablation["how_to_compute"]
+        assert client.get(f"/runs/{SAE_RUN}/findings").status_code == 200
+        feature = client.get(f"/api/runs/{SAE_RUN}/features/5").json()
+        assert all(example["effects"] is None for example in feature["top_examples"])
+        page = client.get(f"/runs/{SAE_RUN}/features/5")
+        assert page.status_code == 200 and "data-abl" not in page.text and "ablation-legend" not in page.text
+        assert client.get(f"/runs/{SAE_RUN}").status_code == 200
+
+
+def test_unknown_run_findings_is_404(client: TestClient) -> None:
+    assert client.get("/runs/nope/findings").status_code == 404
+    assert client.get("/api/runs/nope/findings").status_code == 404
