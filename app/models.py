@@ -123,7 +123,7 @@ class RunDetail(BaseModel):
         "the paper): related features sit together. Empty if the run has no map.",
     )
     density_summary: DensitySummary | None = Field(
-        None,
+        default=None,
         description="Dead and ultralow-density shares over the analysed tokens (the paper's A/1/4096: 4.1%, 7.1%).",
     )
 
@@ -168,7 +168,7 @@ class ExampleOut(BaseModel):
     tokens: list[str]
     activations: list[float]
     effects: list[float | None] | None = Field(
-        None,
+        default=None,
         description="Per token: the change in log p(actual next token), in nats, when the feature is "
         "removed from the SAE reconstruction at that token (negative: it helped); 0 where it does not "
         "fire, None where the token has no next token. Absent if the run has none.",
@@ -326,8 +326,10 @@ class Finding(BaseModel):
     claim: str = Field(description="The paper's claim, in one sentence.")
     status: FindingStatus
     figures: list[FindingFigure] = Field(default_factory=list)
-    note: str | None = Field(None, description="How our numbers were measured.")
-    how_to_compute: str | None = Field(None, description="What computes the numbers, when they are missing.")
+    note: str | None = Field(default=None, description="How our numbers were measured.")
+    how_to_compute: str | None = Field(
+        default=None, description="What computes the numbers, when they are missing."
+    )
     links: list[FindingLink] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict, description="The claim's own extra numbers.")
 
