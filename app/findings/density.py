@@ -82,19 +82,15 @@ def claim(ctx: FindingsContext) -> Finding:
         return not_computed(KEY, TITLE, CLAIM, "Analyse the SAE: `monosemantic analyze`.", figures)
     page_links = []
     for unit, run in runs.items():
-        if run is not None:
-            page_links += [
-                FindingLink(
-                    text=f"density histogram of the {unit}", url=f"{links.run_url(run.slug)}#density"
-                ),
-                FindingLink(
-                    text=f"the ultralow {unit}",
-                    url=links.run_url(
-                        run.slug, density_min=1e-12, density_max=ULTRALOW_DENSITY, sort="density"
-                    )
-                    + "#features",
-                ),
-            ]
+        if run is None:
+            continue
+        page_links.append(
+            FindingLink(text=f"density histogram of the {unit}", url=f"{links.run_url(run.slug)}#density")
+        )
+        summary = summaries[unit]
+        if summary is not None and summary.n_ultralow:
+            low = links.run_url(run.slug, density_min=1e-12, density_max=ULTRALOW_DENSITY, sort="density")
+            page_links.append(FindingLink(text=f"the ultralow {unit}", url=f"{low}#features"))
     return Finding(
         key=KEY,
         title=TITLE,
