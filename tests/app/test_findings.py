@@ -59,7 +59,13 @@ def test_density_shares_match_the_features(real_client: TestClient, runs: dict[s
     )
     for unit, kind in (("features", "sae"), ("neurons", "neurons")):
         run = runs[kind]
-        items = real_client.get(run["api_url"], params={"size": 200}).json()["features"]["items"]
+        items = [
+            item
+            for page in range(1, run["n_features"] // 200 + 2)
+            for item in real_client.get(run["api_url"], params={"size": 200, "page": page}).json()[
+                "features"
+            ]["items"]
+        ]
         assert len(items) == run["n_features"]
         summary = density["details"][unit]
         dead = sum(item["density"] == 0 for item in items)
@@ -78,7 +84,7 @@ def test_run_page_marks_dead_and_the_measurable_floor(
     run = runs["sae"]
     page = real_client.get(run["url"]).text
     assert f'href="{run["url"]}/findings"' in page
-    assert "The paper&#39;s A/1/4096: 4.1% dead, 7.1% ultralow." in page
+    assert "The paper's A/1/4096: 4.1% dead, 7.1% ultralow." in page
     spec = re.search(r'<script type="application/json" id="chart-density">(.*?)</script>', page, re.S)
     assert spec and "1 / tokens analysed" in spec.group(1) and "dead (never fired)" in spec.group(1)
     summary = real_client.get(run["api_url"]).json()["density_summary"]
