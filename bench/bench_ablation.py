@@ -23,7 +23,9 @@ from trainer.tokenizer import load_token_split
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", type=Path, required=True, help="run directory: lm/ and tokens/")
     parser.add_argument("--sae", type=Path, help="SAE directory (default: the run's only sae_* folder)")
     parser.add_argument("--tokens", type=int, default=1_000_000, help="held-out tokens analysed")
