@@ -11,6 +11,7 @@ from starlette.responses import Response
 from app import charts, links, queries
 from app.deps import SessionDep
 from app.models import FeatureListFilters, RunDetail, RunList, SortKey, SortOrder, blank_is_none
+from app.responses import READ_RESPONSES, RUN_RESPONSES
 from app.templating import render
 
 router = APIRouter(tags=["runs"])
@@ -58,19 +59,19 @@ def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureLi
     return queries.run_detail(session, record, features, request.app.state.schema_version)
 
 
-@router.get("/api/runs", response_model=RunList)
-async def list_runs(session: SessionDep) -> RunList:
+@router.get("/api/runs", response_model=RunList, responses=READ_RESPONSES)
+def list_runs(session: SessionDep) -> RunList:
     """All runs: complete ones (browsable), and running or failed ones apart."""
     return queries.list_runs(session)
 
 
 @router.get("/", include_in_schema=False)
-async def show_runs(request: Request, session: SessionDep) -> Response:
+def show_runs(request: Request, session: SessionDep) -> Response:
     return render(request, "runs.html", {"data": queries.list_runs(session)})
 
 
-@router.get("/api/runs/{run}", response_model=RunDetail)
-async def read_run(
+@router.get("/api/runs/{run}", response_model=RunDetail, responses=RUN_RESPONSES)
+def read_run(
     request: Request, session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
 ) -> RunDetail:
     """A run's config, metrics, density histogram, feature map, training log and one page of its
@@ -79,7 +80,7 @@ async def read_run(
 
 
 @router.get("/runs/{run}", include_in_schema=False)
-async def show_run(
+def show_run(
     request: Request, session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
 ) -> Response:
     data = _run_detail(request, session, run, view)
