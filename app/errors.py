@@ -88,11 +88,11 @@ async def handle_validation(request: Request, exc: Exception) -> Response:
 
 
 def slash_redirect(request: Request) -> Response | None:
-    """A redirect from `/path/` to `/path` when that is a page. Its Location is the path alone
+    """A redirect from `/path/` to `/path` when that is an HTML page. Its Location is the path alone
     (with the app's root path): built from the Host header it would send visitors anywhere."""
     path = request.scope["path"]
-    if request.method not in ("GET", "HEAD") or path == "/" or not path.endswith("/"):
-        return None
+    if request.method not in ("GET", "HEAD") or path == "/" or not path.endswith("/") or is_api(request):
+        return None  # the JSON API has one URL per resource (and documents no 3xx)
     target = path.rstrip("/")
     if not target or target.startswith("//"):  # "//host" would be a protocol-relative URL
         return None

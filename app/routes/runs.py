@@ -45,6 +45,15 @@ class FeatureListQuery(BaseModel):
         )
 
 
+class ApiFeatureListQuery(FeatureListQuery):
+    """The JSON API's: it is not a form, so an empty density is a bad number (422), not "any"."""
+
+    @field_validator("density_min", "density_max", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return value
+
+
 def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureListQuery) -> RunDetail:
     record = queries.get_run(session, run)
     features = queries.list_features(
@@ -72,7 +81,7 @@ def show_runs(request: Request, session: SessionDep) -> Response:
 
 @router.get("/api/runs/{run}", response_model=RunDetail, responses=RUN_RESPONSES)
 def read_run(
-    request: Request, session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
+    request: Request, session: SessionDep, run: RunSlug, view: Annotated[ApiFeatureListQuery, Query()]
 ) -> RunDetail:
     """A run's config, metrics, density histogram, feature map, training log and one page of its
     features."""

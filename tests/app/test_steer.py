@@ -163,8 +163,8 @@ def test_bad_params_are_422_with_a_message(client: TestClient, query: str, param
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        (f"/runs/{SAE_RUN}/steer?feature={N_SAE}", f"no feature {N_SAE}"),
-        ("/runs/nope/steer", "no run 'nope'"),
+        (f"/runs/{SAE_RUN}/steer?text=hi&feature={N_SAE}", f"no feature {N_SAE}"),
+        ("/runs/nope/steer?text=hi&feature=1", "no run 'nope'"),
     ],
 )
 def test_unknown_features_and_runs_are_404(client: TestClient, path: str, message: str) -> None:
