@@ -15,7 +15,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ class LiveExecutor:
         """Jobs admitted and not yet finished (running or waiting for a thread)."""
         return self._jobs
 
-    def _release(self, _future: Future[object]) -> None:
+    def _release(self, _future: Future[Any]) -> None:
         with self._lock:
             self._jobs -= 1
 
