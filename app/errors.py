@@ -10,6 +10,7 @@ Starlette answers it outside every middleware.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
@@ -104,10 +105,10 @@ def slash_redirect(request: Request) -> Response | None:
     return RedirectResponse(location, status_code=308)
 
 
-def _allow(headers: dict[str, str] | None) -> dict[str, str] | None:
+def _allow(headers: Mapping[str, str] | None) -> dict[str, str] | None:
     """The 405's Allow header, with HEAD wherever GET is (`HeadMiddleware` answers it)."""
     if not headers or "Allow" not in headers:
-        return headers
+        return dict(headers) if headers else None
     methods = [m.strip() for m in headers["Allow"].split(",")]
     if "GET" in methods and "HEAD" not in methods:
         methods.append("HEAD")

@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings: Settings = app.state.settings  # read at startup: a test may swap it before
         engine = make_engine(
             settings.database_url,
             read_only=True,

@@ -177,7 +177,7 @@ async def _steer(
     pool), run the model (the bounded live executor: LiveBusy if full), read the tokens."""
     prepared = await run_in_threadpool(_prepare, engine, run, text, feature, value, n_tokens)
     try:
-        n_ctx, result = await live.run(_generate, prepared, text, feature, value, n_tokens)
+        n_ctx, result = await live.run(_generate, prepared, text, feature, prepared.empty.value, n_tokens)
     except inference.ArtifactsUnavailable as exc:
         return prepared.empty.model_copy(update={"available": False, "message": str(exc)})
     if result is None:

@@ -8,12 +8,9 @@ steering run); derandomized, so a failure replays.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import schemathesis
 from appdb import FixtureDB
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 from app.main import create_app
@@ -21,15 +18,16 @@ from app.settings import Settings
 
 EXAMPLES_PER_OPERATION = 200
 
+# The schema is read from the app itself at import; Schemathesis starts the app's lifespan at its
+# first request, after `use_fixture_db` has pointed the app at the fixture database.
+app = create_app(Settings(database_url="sqlite:///set-by-use-fixture-db.db"))
+schema = schemathesis.openapi.from_dict(app.openapi())
+schema.app = app
 
-@pytest.fixture(scope="module")
-def api_schema(fixture_db: FixtureDB) -> Iterator[schemathesis.BaseSchema]:
-    app = create_app(Settings(database_url=fixture_db.url))
-    with TestClient(app):  # runs the lifespan: the engine, the live executor
-        yield schemathesis.openapi.from_asgi("/openapi.json", app)
 
-
-schema = schemathesis.pytest.from_fixture("api_schema")
+@pytest.fixture(autouse=True, scope="module")
+def use_fixture_db(fixture_db: FixtureDB) -> None:
+    app.state.settings = Settings(database_url=fixture_db.url)
 
 
 @schema.parametrize()
