@@ -34,9 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, select
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import handle_pool_timeout
 from app.templating import STATIC_DIR, TEMPLATES_DIR
 from trainer.schema import Run, StoredPage
 
@@ -200,7 +204,13 @@ class ResponseCacheMiddleware:
             await self.app(scope, receive, send)
             return
         engine: Engine = scope["app"].state.engine
-        data_version = page_version(path, read_runs(engine))
+        try:  # in the thread pool: a wait for a pooled connection must not block the event loop
+            runs = await run_in_threadpool(read_runs, engine)
+        except PoolTimeoutError as exc:
+            response = await handle_pool_timeout(Request(scope), exc)
+            await response(scope, receive, send)
+            return
+        data_version = page_version(path, runs)
         if data_version is None:
             await self.app(scope, receive, send)
             return
@@ -216,7 +226,13 @@ class ResponseCacheMiddleware:
         page, source = self.pages.get(key), b"hit"
         if page is None and data_version.run_id is not None and not scope["query_string"]:
             if scope["app"].state.stored_pages:
-                page, source = read_stored_page(engine, data_version.run_id, path, self.version), b"store"
+                try:
+                    page = await run_in_threadpool(
+                        read_stored_page, engine, data_version.run_id, path, self.version
+                    )
+                except PoolTimeoutError:
+                    page = None  # render it instead (which waits for a connection in its turn)
+                source = b"store"
                 if page is not None:
                     self.pages.put(key, page)
         if page is None:

@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from app import queries
 from app.cache import ResponseCacheMiddleware, app_version
 from app.errors import install_error_handlers
+from app.head import HeadMiddleware
+from app.live import LiveExecutor
 from app.routes import features, findings, health, inference, runs, search, steer
 from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
@@ -27,6 +29,7 @@ from app.templating import STATIC_DIR, build_templates
 from trainer.schema import DatabaseError, Run, check_schema_version, make_engine, read_schema_version
 
 PLOTLY_DIR = Path(plotly.__file__).resolve().parent / "package_data"
+VENDOR_FILES = frozenset({"plotly.min.js"})
 
 
 def warm_up(templates: Jinja2Templates, engine: Engine) -> None:
@@ -50,7 +53,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url, read_only=True)
+        settings: Settings = app.state.settings  # read at startup: a test may swap it before
+        engine = make_engine(
+            settings.database_url,
+            read_only=True,
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout,
+        )
         try:
             check_schema_version(engine)
             app.state.schema_version = read_schema_version(engine)
@@ -62,7 +71,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stored_pages = settings.stored_pages and (app.state.schema_version or 0) >= 2
         if app.state.schema_version is not None:
             warm_up(app.state.templates, engine)
+        app.state.live = LiveExecutor(
+            threads=settings.live_threads,
+            max_jobs=settings.live_max_jobs,
+            retry_after=settings.live_retry_after,
+            torch_threads=settings.live_torch_threads,
+        )
         yield
+        app.state.live.shutdown()
         engine.dispose()
 
     app = FastAPI(
@@ -73,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Swagger UI and ReDoc load scripts from a CDN, which the CSP forbids; /openapi.json stays.
         docs_url=None,
         redoc_url=None,
+        # Starlette's own slash redirect builds its Location from the Host header: see `slash_redirect`.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.app_version = app_version()
@@ -81,10 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stored_pages = False
     for module in (runs, features, findings, search, inference, steer, health):
         app.include_router(module.router)
-    # The vendor mount comes first: Starlette matches mounts in order.
+    # The vendor mount comes first: Starlette matches mounts in order. Of plotly's package_data
+    # (datasets, a 5 MB widget bundle...) it serves only the bundle the pages load.
     app.mount(
         "/static/vendor",
-        CachedStaticFiles(directory=PLOTLY_DIR, max_age=settings.static_max_age),
+        CachedStaticFiles(directory=PLOTLY_DIR, max_age=settings.static_max_age, only=VENDOR_FILES),
         name="vendor",
     )
     app.mount(
@@ -98,4 +117,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=app.state.app_version,
     )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(HeadMiddleware)  # outermost: the cache and the routes see a GET
     return app

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 SortKey = Literal["index", "density", "max_activation", "label"]
 SortOrder = Literal["asc", "desc"]
 SearchMode = Literal["exact", "prefix"]
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A stored timestamp in UTC with its timezone: the trainer writes UTC, SQLite gives it back
+    naive and PostgreSQL in the session's timezone."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+UtcDatetime = Annotated[dt.datetime | None, AfterValidator(as_utc)]
 
 
 def blank_is_none(value: object) -> object:
@@ -48,8 +59,8 @@ class RunSummary(BaseModel):
     d_in: int
     n_features: int
     n_tokens_analyzed: int
-    created_at: dt.datetime | None
-    completed_at: dt.datetime | None
+    created_at: UtcDatetime
+    completed_at: UtcDatetime
     headline: HeadlineMetrics
     url: str
     api_url: str

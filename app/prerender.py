@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +41,8 @@ from trainer.schema import (
 # Offline work, served many times: a stronger level than the live cache's (level 1) is worth it.
 STORED_GZIP_LEVEL = 6
 CHUNK_PAGES = 128  # pages per task handed to a worker process (and per write transaction)
+# Added to the render workers' niceness (bench/bench_app.py --while-writing measures the server).
+RENDER_NICENESS = 10
 
 PageJob = tuple[int, str]  # (run id, path)
 RenderedPage = tuple[int, str, str, bytes]  # (run id, path, content type, gzipped body)
@@ -114,8 +117,16 @@ class PageRenderer:
 _worker_renderer: PageRenderer | None = None
 
 
+def _yield_cpu() -> None:
+    """Render at a lower CPU priority: offline work on a database that may be served meanwhile,
+    whose readers must not wait behind it (alone on the machine it is as fast as before)."""
+    if hasattr(os, "nice"):
+        os.nice(RENDER_NICENESS)
+
+
 def _start_worker(db_url: str) -> None:
     global _worker_renderer
+    _yield_cpu()
     _worker_renderer = PageRenderer(db_url)
 
 

@@ -25,3 +25,17 @@ class Settings(BaseSettings):
     stored_pages: bool = True
     # `monosemantic serve` worker processes: each holds its own connections and page cache.
     workers: int = Field(default_factory=lambda: min(2, os.cpu_count() or 1), ge=1)
+
+    # Database connections per worker process (the pool never grows past it) and how long a
+    # request waits for one before it is answered 503. Handlers query in the thread pool (40
+    # threads, anyio's default) and hold a connection for a few milliseconds, never while a model
+    # runs; 16 keeps PostgreSQL at 32 connections for 2 workers, well under its default 100.
+    db_pool_size: int = Field(default=16, ge=1, le=256)
+    db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
+    # Live inference and steering, per worker process: threads running the model, jobs admitted at
+    # once (running or waiting; one more gets 503 with Retry-After at once), the Retry-After
+    # seconds, and torch's intra-op threads (0: torch's default, one per core).
+    live_threads: int = Field(default=1, ge=1, le=64)
+    live_max_jobs: int = Field(default=4, ge=1, le=1024)
+    live_retry_after: int = Field(default=2, ge=1, le=3600)
+    live_torch_threads: int = Field(default=1, ge=0, le=256)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.responses import FileResponse, Response
 from starlette.types import Scope
 
@@ -32,13 +33,17 @@ def gzipped_file(path: Path) -> bytes:
 
 
 class CachedStaticFiles(StaticFiles):
-    """Static files with a Cache-Control header, gzipped for clients that accept it."""
+    """Static files with a Cache-Control header, gzipped for clients that accept it; `only`
+    restricts them to a list."""
 
-    def __init__(self, *, directory: Path, max_age: int) -> None:
+    def __init__(self, *, directory: Path, max_age: int, only: frozenset[str] | None = None) -> None:
         super().__init__(directory=directory)
         self.cache_control = f"public, max-age={max_age}"
+        self.only = only  # the files served (paths relative to `directory`); None: all of them
 
     async def get_response(self, path: str, scope: Scope) -> Response:
+        if self.only is not None and path not in self.only:
+            raise HTTPException(status_code=404)
         response = await super().get_response(path, scope)
         if response.status_code != 200:
             return response

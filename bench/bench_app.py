@@ -28,6 +28,19 @@ p99 is also printed as a multiple of /-/health's p99 in the same phase, since ab
 depend on the machine and its other load (wrk itself shares the CPUs with the server).
 Targets, at 32 concurrent clients: feature page p99 < 50 ms, feature JSON < 50 ms, search < 100 ms.
 Exits 1 if any request failed.
+
+Stress modes (a Python load generator, bench/app_burst.py; no wrk needed):
+
+    python bench/bench_app.py --live-burst 50      # 50 clients steering while pages load
+    python bench/bench_app.py --while-writing      # `prerender --force` on the served database
+
+--live-burst N: the synthetic database's 'sae' run gets a randomly initialised demo-shaped model
+and SAE, its pages are pre-rendered, then 16 clients load its stored feature pages and one
+samples /-/health for --seconds (BASELINE), and again while N clients send steers back to back
+(BURST). Targets in the burst: feature page p99 < 50 ms and /-/health p99 < 20 ms, with no
+errors but the 503s of refused steers.
+--while-writing: the same page load while `monosemantic prerender --force` re-renders that run's
+pages into the served database (WRITING), after the BASELINE.
 """
 
 from __future__ import annotations
@@ -73,6 +86,7 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "health (reference)"
 TARGETS_MS = {"feature page": 50.0, "feature JSON": 50.0, "search": 100.0}
 WRK_TIMEOUT = "10s"
+SERVER_START_SECONDS = 300  # a shared, busy machine can take minutes to import and warm up
 FINISHED, RESULT = "BENCH-FINISHED", "BENCH-RESULT "  # WRK_SCRIPT's output lines
 
 
@@ -279,7 +293,7 @@ def start_server(db_url: str, workers: int, live: bool, log: Path) -> tuple[subp
         env["MONOSEMANTIC_STORED_PAGES"] = "0"
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + SERVER_START_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"uvicorn exited with code {proc.returncode}:\n{log_tail(log)}")
@@ -287,7 +301,7 @@ def start_server(db_url: str, workers: int, live: bool, log: Path) -> tuple[subp
             return proc, f"http://127.0.0.1:{port}"
         time.sleep(0.2)
     proc.kill()
-    raise SystemExit(f"uvicorn did not answer within 60 s:\n{log_tail(log)}")
+    raise SystemExit(f"uvicorn did not answer within {SERVER_START_SECONDS} s:\n{log_tail(log)}")
 
 
 # ----------------------------------------------------------------------------- load (wrk)
@@ -491,6 +505,14 @@ def parse_args() -> argparse.Namespace:
         "--live", action="store_true", help="serve with MONOSEMANTIC_STORED_PAGES=0: every page rendered live"
     )
     parser.add_argument("--features", type=int, default=4096, help="features of the synthetic run")
+    parser.add_argument(
+        "--live-burst", type=int, metavar="N", help="N clients steering while feature pages load"
+    )
+    parser.add_argument(
+        "--while-writing", action="store_true", help="feature pages while `prerender --force` writes"
+    )
+    parser.add_argument("--seconds", type=float, default=20, help="seconds per stress-mode phase")
+    parser.add_argument("--page-clients", type=int, default=16, help="stress modes: page-loading clients")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -514,8 +536,77 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+BURST_TARGETS_MS = {"feature page": 50.0, "health": 20.0}
+
+
+def stress_main(args: argparse.Namespace) -> None:
+    """--live-burst / --while-writing: BASELINE, then the stressed phase(s); see the docstring."""
+    import asyncio
+
+    import app_burst
+
+    with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        started = time.perf_counter()
+        db_url = build_demo_db(tmp / "bench.db", n_features=args.features, seed=args.seed)
+        slug = "bench-paper-4096"
+        artifacts, sae = app_burst.build_artifacts(tmp / "artifacts", d_sae=args.features, seed=args.seed)
+        app_burst.attach_artifacts(db_url, slug, artifacts, sae)
+        if app_burst.prerender(db_url, slug).wait() != 0:
+            raise SystemExit("prerender failed")
+        print(f"built database, artifacts and stored pages in {time.perf_counter() - started:.1f} s")
+        rng = random.Random(args.seed)
+        paths = [
+            f"/runs/{slug}/features/{i}" for i in rng.sample(range(args.features), min(512, args.features))
+        ]
+        load_before = os.getloadavg()
+        proc, base = start_server(db_url, args.workers, False, tmp / "uvicorn.log")
+        try:
+            phases = [
+                asyncio.run(app_burst.run_phase("BASELINE", base, paths, args.page_clients, args.seconds))
+            ]
+            if args.live_burst:
+                live = (slug, args.features, args.live_burst)
+                burst = f"BURST ({args.live_burst} steering)"
+                phases.append(
+                    asyncio.run(
+                        app_burst.run_phase(burst, base, paths, args.page_clients, args.seconds, live)
+                    )
+                )
+            if args.while_writing:
+                writer = [sys.executable, "-m", "trainer.cli", "prerender", "--db", db_url, "--run", slug]
+                phases.append(
+                    asyncio.run(
+                        app_burst.run_phase(
+                            "WRITING (prerender)",
+                            base,
+                            paths,
+                            args.page_clients,
+                            0,
+                            writer=[*writer, "--force"],
+                        )
+                    )
+                )
+        finally:
+            stop_server(proc)
+        server_log = log_tail(tmp / "uvicorn.log")
+    load_after = os.getloadavg()
+    print(
+        f"\n{args.workers} uvicorn worker(s), {args.page_clients} page clients, {os.cpu_count()} CPUs, "
+        f"load average (1/5 min) {load_before[0]:.1f}/{load_before[1]:.1f} before, "
+        f"{load_after[0]:.1f}/{load_after[1]:.1f} after; phases: "
+        + ", ".join(f"{p.name} {p.seconds:.0f} s" for p in phases)
+    )
+    if not app_burst.report(phases, BURST_TARGETS_MS):
+        print(f"\ntargets missed or requests failed; the end of uvicorn's output:\n{server_log}")
+        sys.exit(1)
+
+
 def main() -> None:
     args = parse_args()
+    if args.live_burst or args.while_writing:
+        stress_main(args)
+        return
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: install Debian's wrk: apt-get install wrk")
 

@@ -268,8 +268,15 @@ def display_token(text: str) -> str:
 # ----------------------------------------------------------------------------- engine
 
 
-def make_engine(url: str, read_only: bool = False) -> Engine:
-    """An engine for `url`. SQLite read-only connections use `mode=ro` so the app cannot write."""
+def make_engine(
+    url: str, read_only: bool = False, pool_size: int | None = None, pool_timeout: float = 30.0
+) -> Engine:
+    """An engine for `url`. SQLite read-only connections use `mode=ro` so the app cannot write.
+    `pool_size`: a fixed pool of that many connections (no overflow), waited for up to
+    `pool_timeout` seconds (SQLAlchemy's default otherwise: 5 + 10 overflow, 30 s)."""
+    pool_args: dict[str, Any] = (
+        {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout} if pool_size else {}
+    )
     if url.startswith("sqlite"):
         if read_only and ":memory:" not in url:
             path = url.split("sqlite:///", 1)[1]
@@ -280,6 +287,7 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
                 creator=lambda: __import__("sqlite3").connect(
                     f"file:{path}?mode=ro", uri=True, check_same_thread=False
                 ),
+                **pool_args,
             )
         else:
             engine = create_engine(url, connect_args={"check_same_thread": False})
@@ -301,7 +309,7 @@ def make_engine(url: str, read_only: bool = False) -> Engine:
         connect_args["connect_timeout"] = 10
         if read_only:
             connect_args["options"] = "-c default_transaction_read_only=on -c statement_timeout=5000"
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args, **pool_args)
 
 
 def reclaim_free_space(engine: Engine) -> None:

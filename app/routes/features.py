@@ -10,6 +10,7 @@ from starlette.responses import Response
 from app import charts, queries
 from app.deps import SessionDep
 from app.models import FeatureDetail
+from app.responses import RUN_RESPONSES
 from app.routes.runs import RunSlug
 from app.templating import render
 
@@ -22,14 +23,14 @@ def _feature(session: SessionDep, run: str, index: int) -> FeatureDetail:
     return queries.get_feature(session, queries.get_run(session, run), index)
 
 
-@router.get("/api/runs/{run}/features/{index}", response_model=FeatureDetail)
-async def read_feature(session: SessionDep, run: RunSlug, index: FeatureIndex) -> FeatureDetail:
+@router.get("/api/runs/{run}/features/{index}", response_model=FeatureDetail, responses=RUN_RESPONSES)
+def read_feature(session: SessionDep, run: RunSlug, index: FeatureIndex) -> FeatureDetail:
     """One feature: label, density, histograms, logit effects, top and interval examples."""
     return _feature(session, run, index)
 
 
 @router.get("/runs/{run}/features/{index}", include_in_schema=False)
-async def show_feature(request: Request, session: SessionDep, run: RunSlug, index: FeatureIndex) -> Response:
+def show_feature(request: Request, session: SessionDep, run: RunSlug, index: FeatureIndex) -> Response:
     data = _feature(session, run, index)
     context = {
         "data": data,

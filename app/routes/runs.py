@@ -12,6 +12,7 @@ from app import charts, links, queries
 from app.deps import SessionDep
 from app.findings.density import PAPER_DEAD, PAPER_ULTRALOW, density_summary
 from app.models import FeatureListFilters, RunDetail, RunList, SortKey, SortOrder, blank_is_none
+from app.responses import READ_RESPONSES, RUN_RESPONSES
 from app.templating import render
 
 router = APIRouter(tags=["runs"])
@@ -45,6 +46,15 @@ class FeatureListQuery(BaseModel):
         )
 
 
+class ApiFeatureListQuery(FeatureListQuery):
+    """The JSON API's: it is not a form, so an empty density is a bad number (422), not "any"."""
+
+    @field_validator("density_min", "density_max", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return value
+
+
 def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureListQuery) -> RunDetail:
     record = queries.get_run(session, run)
     features = queries.list_features(
@@ -61,20 +71,20 @@ def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureLi
     return detail
 
 
-@router.get("/api/runs", response_model=RunList)
-async def list_runs(session: SessionDep) -> RunList:
+@router.get("/api/runs", response_model=RunList, responses=READ_RESPONSES)
+def list_runs(session: SessionDep) -> RunList:
     """All runs: complete ones (browsable), and running or failed ones apart."""
     return queries.list_runs(session)
 
 
 @router.get("/", include_in_schema=False)
-async def show_runs(request: Request, session: SessionDep) -> Response:
+def show_runs(request: Request, session: SessionDep) -> Response:
     return render(request, "runs.html", {"data": queries.list_runs(session)})
 
 
-@router.get("/api/runs/{run}", response_model=RunDetail)
-async def read_run(
-    request: Request, session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
+@router.get("/api/runs/{run}", response_model=RunDetail, responses=RUN_RESPONSES)
+def read_run(
+    request: Request, session: SessionDep, run: RunSlug, view: Annotated[ApiFeatureListQuery, Query()]
 ) -> RunDetail:
     """A run's config, metrics, density histogram, feature map, training log and one page of its
     features."""
@@ -82,7 +92,7 @@ async def read_run(
 
 
 @router.get("/runs/{run}", include_in_schema=False)
-async def show_run(
+def show_run(
     request: Request, session: SessionDep, run: RunSlug, view: Annotated[FeatureListQuery, Query()]
 ) -> Response:
     data = _run_detail(request, session, run, view)

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from app import token_search
 from app.deps import SessionDep
 from app.models import SearchMode, SearchResult
+from app.responses import RUN_RESPONSES
 from app.templating import render
 
 router = APIRouter(tags=["search"])
@@ -29,8 +30,8 @@ RunQuery = Annotated[
 LimitQuery = Annotated[int, Query(ge=1, le=500)]
 
 
-@router.get("/api/search", response_model=SearchResult)
-async def search_token(
+@router.get("/api/search", response_model=SearchResult, responses=RUN_RESPONSES)
+def search_token(
     session: SessionDep,
     token: TokenQuery = None,
     mode: ModeQuery = "exact",
@@ -42,7 +43,7 @@ async def search_token(
 
 
 @router.get("/search", include_in_schema=False)
-async def show_search(
+def show_search(
     request: Request,
     session: SessionDep,
     token: TokenQuery = None,

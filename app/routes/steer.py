@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BeforeValidator, Field
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app import inference, queries, steering
-from app.deps import SessionDep
+from app.deps import EngineDep, LiveDep
+from app.live import LiveExecutor
 from app.models import NextTokenOut, SteeredContinuation, SteerResult, TokenOut, blank_is_none
+from app.responses import LIVE_RESPONSES
 from app.routes.inference import TEXT_MAX_CHARS
 from app.routes.runs import RunSlug
 from app.templating import render
+from trainer.schema import Run
 
 router = APIRouter(tags=["steering"])
 
@@ -27,15 +33,33 @@ TextQuery = Annotated[
     str | None,
     Query(max_length=TEXT_MAX_CHARS, description="The prompt (the model reads its last n_ctx tokens)."),
 ]
+# The page's form: its feature box is required (an empty one is 422); an empty value box means
+# the default value.
 FeatureQuery = Annotated[
-    Annotated[int, Field(ge=0, le=100_000_000)] | None,
-    BeforeValidator(blank_is_none),
-    Query(description="The feature (or neuron) to pin."),
+    int | None, Query(ge=0, le=100_000_000, description="The feature (or neuron) to pin.")
 ]
 ValueQuery = Annotated[
     Annotated[float, Field(ge=-VALUE_MAX, le=VALUE_MAX)] | None,
     BeforeValidator(blank_is_none),
     Query(description=f"The value to pin the feature to; default {DEFAULT_MULTIPLE:g}× its max activation."),
+]
+# The JSON API is not a form: an empty parameter is a bad value (422), not a missing one.
+ApiTextQuery = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=TEXT_MAX_CHARS,
+        description="The prompt (the model reads its last n_ctx tokens).",
+    ),
+]
+ApiFeatureQuery = Annotated[int, Query(ge=0, le=100_000_000, description="The feature (or neuron) to pin.")]
+ApiValueQuery = Annotated[
+    float | None,
+    Query(
+        ge=-VALUE_MAX,
+        le=VALUE_MAX,
+        description=f"The value to pin the feature to; default {DEFAULT_MULTIPLE:g}× its max activation.",
+    ),
 ]
 TokensQuery = Annotated[int, Query(ge=1, le=TOKENS_MAX, description="How many tokens to generate.")]
 
@@ -60,56 +84,75 @@ def _continuation(
     )
 
 
-async def _steer(
-    session: SessionDep, run: str, text: str | None, feature: int | None, value: float | None, n_tokens: int
-) -> SteerResult:
-    record = queries.get_run(session, run)
-    if feature is not None and feature >= record.n_features:
-        raise queries.NotFoundError(f"Run {run!r} has no feature {feature} (it has {record.n_features}).")
-    feature_max = queries.feature_max_activation(session, record.id, feature) if feature is not None else None
-    value_is_default = value is None and feature is not None
-    if value is None and feature is not None:
-        value = _default_value(feature_max)
-    empty = SteerResult(
-        run=queries.run_ref(record),
-        text=text or "",
-        feature=feature,
-        feature_label=queries.feature_labels(session, record.id, [feature]).get(feature)
-        if feature is not None
-        else None,
-        feature_max=feature_max,
-        value=value,
-        value_is_default=value_is_default,
-        default_multiple=DEFAULT_MULTIPLE,
-        n_tokens=n_tokens,
-        available=True,
-        message=None,
-        truncated=False,
-        n_ctx=None,
-        activation=None,
-        prompt=[],
-        unpinned=None,
-        pinned=None,
-    )
-    try:
-        # Loading (first use) and generation are CPU work: keep them off the event loop.
-        loaded = await run_in_threadpool(
-            inference.load_artifacts, record.kind, record.artifacts_path, record.sae_path
+@dataclass(frozen=True)
+class _Prepared:
+    """What a steer needs from the database before the model runs (read, then the session closed)."""
+
+    run_id: int
+    kind: str
+    artifacts_path: str | None
+    sae_path: str | None
+    empty: SteerResult  # the answer without continuations
+
+
+def _prepare(
+    engine: Engine, run: str, text: str | None, feature: int | None, value: float | None, n_tokens: int
+) -> _Prepared:
+    with Session(engine) as session:
+        record = queries.get_run(session, run)
+        if feature is not None and feature >= record.n_features:
+            raise queries.NotFoundError(f"Run {run!r} has no feature {feature} (it has {record.n_features}).")
+        feature_max = (
+            queries.feature_max_activation(session, record.id, feature) if feature is not None else None
         )
-    except inference.ArtifactsUnavailable as exc:
-        return empty.model_copy(update={"available": False, "message": str(exc)})
-    empty = empty.model_copy(update={"n_ctx": loaded.n_ctx})
+        value_is_default = value is None and feature is not None
+        if value is None and feature is not None:
+            value = _default_value(feature_max)
+        empty = SteerResult(
+            run=queries.run_ref(record),
+            text=text or "",
+            feature=feature,
+            feature_label=queries.feature_labels(session, record.id, [feature]).get(feature)
+            if feature is not None
+            else None,
+            feature_max=feature_max,
+            value=value,
+            value_is_default=value_is_default,
+            default_multiple=DEFAULT_MULTIPLE,
+            n_tokens=n_tokens,
+            available=True,
+            message=None,
+            truncated=False,
+            n_ctx=None,
+            activation=None,
+            prompt=[],
+            unpinned=None,
+            pinned=None,
+        )
+        return _Prepared(record.id, record.kind, record.artifacts_path, record.sae_path, empty)
+
+
+def _generate(
+    prepared: _Prepared, text: str | None, feature: int | None, value: float | None, n_tokens: int
+) -> tuple[int, steering.Steering | None]:
+    """The model's part (on the live executor): load the run's artifacts (cached), then steer."""
+    loaded = inference.load_artifacts(prepared.kind, prepared.artifacts_path, prepared.sae_path)
     if not text or feature is None or value is None:
-        return empty
-    result = await run_in_threadpool(steering.steer, loaded, text, feature, value, n_tokens)
-    if result is None:
-        return empty
+        return loaded.n_ctx, None
+    return loaded.n_ctx, steering.steer(loaded, text, feature, value, n_tokens)
+
+
+def _finish(engine: Engine, prepared: _Prepared, n_ctx: int, result: steering.Steering) -> SteerResult:
     ids = [*result.prompt_ids, *result.unpinned.token_ids, *result.pinned.token_ids]
     ids += [n.token_id for c in (result.unpinned, result.pinned) for n in c.next_tokens]
-    tokens = queries.load_tokens(session, record, ids)
-    return empty.model_copy(
+    with Session(engine) as session:
+        record = session.get(Run, prepared.run_id)
+        if record is None:
+            raise queries.NotFoundError(f"Run {prepared.empty.run.slug!r} was deleted meanwhile.")
+        tokens = queries.load_tokens(session, record, ids)
+    return prepared.empty.model_copy(
         update={
-            "message": f"The prompt is longer than the model's context: it read the last {loaded.n_ctx} tokens."
+            "message": f"The prompt is longer than the model's context: it read the last {n_ctx} tokens."
             if result.truncated
             else None,
             "truncated": result.truncated,
@@ -121,30 +164,54 @@ async def _steer(
     )
 
 
-@router.get("/api/runs/{run}/steer", response_model=SteerResult)
+async def _steer(
+    engine: Engine,
+    live: LiveExecutor,
+    run: str,
+    text: str | None,
+    feature: int | None,
+    value: float | None,
+    n_tokens: int,
+) -> SteerResult:
+    """Three steps, so no database connection is held while the model runs: read the run (thread
+    pool), run the model (the bounded live executor: LiveBusy if full), read the tokens."""
+    prepared = await run_in_threadpool(_prepare, engine, run, text, feature, value, n_tokens)
+    try:
+        n_ctx, result = await live.run(_generate, prepared, text, feature, prepared.empty.value, n_tokens)
+    except inference.ArtifactsUnavailable as exc:
+        return prepared.empty.model_copy(update={"available": False, "message": str(exc)})
+    if result is None:
+        return prepared.empty.model_copy(update={"n_ctx": n_ctx})
+    finished = await run_in_threadpool(_finish, engine, prepared, n_ctx, result)
+    return finished.model_copy(update={"n_ctx": n_ctx})
+
+
+@router.get("/api/runs/{run}/steer", response_model=SteerResult, responses=LIVE_RESPONSES)
 async def run_steer(
-    session: SessionDep,
+    engine: EngineDep,
+    live: LiveDep,
     run: RunSlug,
-    text: TextQuery = None,
-    feature: FeatureQuery = None,
-    value: ValueQuery = None,
+    text: ApiTextQuery,
+    feature: ApiFeatureQuery,
+    value: ApiValueQuery = None,
     tokens: TokensQuery = TOKENS_DEFAULT,
 ) -> SteerResult:
     """Greedy continuations of `text` as the model writes it and with `feature` pinned to `value`."""
-    return await _steer(session, run, text, feature, value, tokens)
+    return await _steer(engine, live, run, text, feature, value, tokens)
 
 
 @router.get("/runs/{run}/steer", include_in_schema=False)
 async def show_steer(
     request: Request,
-    session: SessionDep,
+    engine: EngineDep,
+    live: LiveDep,
     run: RunSlug,
     text: TextQuery = None,
     feature: FeatureQuery = None,
     value: ValueQuery = None,
     tokens: TokensQuery = TOKENS_DEFAULT,
 ) -> Response:
-    data = await _steer(session, run, text, feature, value, tokens)
+    data = await _steer(engine, live, run, text, feature, value, tokens)
     return render(
         request,
         "steer.html",

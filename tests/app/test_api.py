@@ -131,6 +131,9 @@ def test_health_and_openapi(client: TestClient) -> None:
 
 
 def test_inference_blank_feature_box_means_strongest(client: TestClient) -> None:
+    """The page's form submits an empty box; the JSON API is no form, so there empty is 422."""
+    page = client.get(f"/runs/{NEURON_RUN}/inference", params={"text": "the cat", "feature": ""})
+    assert page.status_code == 200 and "Top neurons per token" in page.text
     response = client.get(f"/api/runs/{NEURON_RUN}/inference", params={"text": "the cat", "feature": ""})
-    assert response.status_code == 200 and response.json()["feature"] is not None
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "feature"]
     assert client.get(f"/runs/{SAE_RUN}", params={"density_min": "", "density_max": ""}).status_code == 200

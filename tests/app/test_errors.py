@@ -41,8 +41,8 @@ MISSING = [
     ("/runs/no-such-run", "no run 'no-such-run'"),
     (f"/runs/{SAE_RUN}/features/999", "has no feature 999"),
     ("/runs/no-such-run/features/1", "no run 'no-such-run'"),
-    ("/runs/no-such-run/inference", "no run 'no-such-run'"),
-    (f"/runs/{SAE_RUN}/inference?feature=999", "no feature 999"),
+    ("/runs/no-such-run/inference?text=hi", "no run 'no-such-run'"),
+    (f"/runs/{SAE_RUN}/inference?text=hi&feature=999", "no feature 999"),
     ("/search?token=the&run=no-such-run", "no run 'no-such-run'"),
 ]
 

@@ -112,16 +112,23 @@ def test_a_long_prompt_is_read_from_its_end(client: TestClient) -> None:
 
 def test_the_default_value_is_a_multiple_of_the_max_activation(client: TestClient) -> None:
     feature = client.get(f"/api/runs/{SAE_RUN}/features/4").json()
-    body = steer(client, SAE_RUN, feature=4, value="")
+    body = steer(client, SAE_RUN, feature=4)
     assert body["value_is_default"] and body["default_multiple"] == 5
-    assert body["value"] == pytest.approx(5 * feature["max_activation"])
-    page = client.get(f"/runs/{SAE_RUN}/steer", params={"text": PROMPT, "feature": 4}).text
+    assert body["value"] == pytest.approx(5 * feature["max_activation"]) and body["pinned"]["tokens"]
+    # The page's form sends its empty value box: the default there too (the JSON API says 422).
+    page = client.get(f"/runs/{SAE_RUN}/steer", params={"text": PROMPT, "feature": 4, "value": ""}).text
     assert "(default: 5× its max activation)" in page
+    assert (
+        client.get(
+            f"/api/runs/{SAE_RUN}/steer", params={"text": PROMPT, "feature": 4, "value": ""}
+        ).status_code
+        == 422
+    )
 
 
 def test_without_text_or_artifacts_nothing_is_written(client: TestClient) -> None:
-    empty = steer(client, SAE_RUN, text="", feature=2)
-    assert empty["available"] and empty["pinned"] is None and empty["n_ctx"] == 16
+    empty = client.get(f"/runs/{SAE_RUN}/steer", params={"feature": 2})
+    assert empty.status_code == 200 and 'id="pinned"' not in empty.text and "the last 16 tokens" in empty.text
     missing = steer(client, RUNNING_RUN, feature=2)
     assert missing["available"] is False and "no artifacts" in missing["message"]
     page = client.get(f"/runs/{RUNNING_RUN}/steer", params={"text": "hi", "feature": 2})
@@ -163,8 +170,8 @@ def test_bad_params_are_422_with_a_message(client: TestClient, query: str, param
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        (f"/runs/{SAE_RUN}/steer?feature={N_SAE}", f"no feature {N_SAE}"),
-        ("/runs/nope/steer", "no run 'nope'"),
+        (f"/runs/{SAE_RUN}/steer?text=hi&feature={N_SAE}", f"no feature {N_SAE}"),
+        ("/runs/nope/steer?text=hi&feature=1", "no run 'nope'"),
     ],
 )
 def test_unknown_features_and_runs_are_404(client: TestClient, path: str, message: str) -> None:
