@@ -46,7 +46,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192, help="rows harvested per call")
     args = parser.parse_args()
     compute = "bf16" if bf16_supported("cpu") else "fp32"
-    tiny = gpt2(vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    tiny = gpt2(
+        vocab_size=320, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0
+    )
     small = gpt2()  # the 124M configuration
     n_params = sum(p.numel() for p in small.parameters())
     models: dict[str, tuple[object, int, str]] = {
