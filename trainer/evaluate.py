@@ -15,6 +15,7 @@ residual stream).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -83,6 +84,10 @@ def density_histogram(feature_density: np.ndarray, n_tokens: int) -> tuple[list[
     return edges.tolist(), counts.tolist(), int((feature_density == 0).sum())
 
 
+def _replace_with(replacement: torch.Tensor, _activations: torch.Tensor) -> torch.Tensor:
+    return replacement
+
+
 def _recovered(ablated: float, spliced: float, clean: float) -> float:
     return (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
 
@@ -130,7 +135,7 @@ def evaluate_sae(
         reconstruction = x_hat.reshape(hooked.shape)
         losses = {
             "clean": clean_loss,
-            "sae": lm.run(idx, targets, lambda _x, r=reconstruction: r)[0],
+            "sae": lm.run(idx, targets, functools.partial(_replace_with, reconstruction))[0],
             "zero": lm.run(idx, targets, torch.zeros_like)[0],
             "mean": lm.run(idx, targets, lambda x: mean.to(x.device).expand_as(x))[0],
         }

@@ -223,7 +223,7 @@ def _get(root: Any, dotted: str) -> Any:
 
 def _linear_in_out(module: torch.nn.Module) -> torch.Tensor:
     """A projection's weight as [in, out]: nn.Linear stores [out, in], GPT-2's Conv1D [in, out]."""
-    weight = module.weight.detach()
+    weight = module.get_parameter("weight").detach()
     return weight.T if isinstance(module, torch.nn.Linear) else weight
 
 

@@ -37,7 +37,11 @@ class HookedLM(Protocol):
     vocab_size: int  # rows of the unembedding (may exceed the tokenizer's)
     d_in: int  # width of the activations at the hook
     logit_effects_note: str  # how `logit_weights` reaches the logits, shown on feature pages
-    module: torch.nn.Module  # the model, for eval()/train() and its device
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The model, for eval()/train() and its device."""
+        ...
 
     def activations(self, idx: torch.Tensor) -> torch.Tensor:
         """[batch, seq, d_in] at the hook for token ids idx [batch, seq], computing no further."""
