@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,corpus,postgres]"
+	$(PY) -m pip install -q -e ".[dev,corpus,postgres,hf]"
 	touch $@
 
 demo: install

@@ -194,6 +194,9 @@ class IntervalBand(BaseModel):
     examples: list[ExampleOut]
 
 
+DEFAULT_LOGIT_NOTE = "Direct effect on the next-token logits, through the MLP's output and the unembedding."
+
+
 class FeatureDetail(BaseModel):
     run: RunRef
     index: int
@@ -209,6 +212,11 @@ class FeatureDetail(BaseModel):
     logit_positive: list[LogitEntry]
     logit_negative: list[LogitEntry]
     logit_histogram: Histogram
+    logit_effects_note: str = Field(
+        default=DEFAULT_LOGIT_NOTE,
+        description="How the logit effects reach the logits: the exact direct path of our one-layer "
+        "model's MLP, or a direct-path approximation at a hook of a deeper model.",
+    )
     neighbours: list[Neighbour]
     top_examples: list[ExampleOut]
     interval_bands: list[IntervalBand] = Field(description="Interval samples, highest band first.")

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, defer
 
 from app import links
 from app.models import (
+    DEFAULT_LOGIT_NOTE,
     ExampleOut,
     FeatureDetail,
     FeatureList,
@@ -505,6 +506,7 @@ def get_feature(session: Session, run: Run, index: int) -> FeatureDetail:
             if isinstance(t, dict) and "token_id" in t
         ],
         logit_histogram=_histogram(feature["logit_histogram"]),
+        logit_effects_note=str((run.metrics or {}).get("logit_effects") or DEFAULT_LOGIT_NOTE),
         neighbours=[
             Neighbour(
                 index=int(n["index"]),

@@ -1,10 +1,11 @@
-"""Harvest the MLP activations (the hook point) of the trained model, for SAE training.
+"""Harvest the activations at the hook point (our model's MLP, or any hook of a transformers
+model: trainer/hooks.py), for SAE training.
 
 As in the paper, rows are shuffled across contexts: each shard is filled from many random
 contexts of the training split and its rows are permuted before writing. Layout of the
 output directory: `acts_00000.npy` (float16 [rows, d_mlp]), `doc_pos_00000.npy` (int64
 [rows, 2]: document index and position in the document, so analysis can show contexts) and
-`manifest.json` ({"d_in", "n_rows", "shards", "n_ctx", "seed"}). A shard is a pure function of
+`manifest.json` ({"d_in", "n_rows", "shards", "n_ctx", "seed", "hook"}). A shard is a pure function of
 (seed, shard index) and is written atomically, so an interrupted harvest resumes by skipping
 the shards already on disk.
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from trainer.checkpoint import atomic_write_bytes, atomic_write_text
 from trainer.config import HarvestConfig
+from trainer.hooks import HookedLM, as_hooked
 from trainer.model import OneLayerTransformer
 from trainer.train_lm import autocast
 
@@ -45,7 +47,7 @@ def document_starts(tokens: np.ndarray, eot_id: int) -> np.ndarray:
 
 @torch.no_grad()
 def harvest_shard(
-    model: OneLayerTransformer,
+    model: OneLayerTransformer | HookedLM,
     tokens: np.ndarray,
     starts_of_docs: np.ndarray,
     n_rows: int,
@@ -53,20 +55,21 @@ def harvest_shard(
     shard_index: int,
     dtype: str = "bf16",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MLP activations of `n_rows` tokens from random contexts, rows shuffled: (acts, doc_pos)."""
-    n_ctx = model.cfg.n_ctx
+    """Activations at the hook of `n_rows` tokens from random contexts, rows shuffled: (acts, doc_pos)."""
+    lm = as_hooked(model)
+    n_ctx = lm.n_ctx
     rng = np.random.default_rng([cfg.seed, shard_index])
     n_contexts = -(-n_rows // n_ctx)
     context_starts = rng.integers(0, len(tokens) - n_ctx, size=n_contexts)
-    acts = torch.empty(n_contexts * n_ctx, model.cfg.d_mlp, dtype=torch.float16)
+    acts = torch.empty(n_contexts * n_ctx, lm.d_in, dtype=torch.float16)
     offsets = np.empty(n_contexts * n_ctx, dtype=np.int64)
     for first in range(0, n_contexts, cfg.batch_contexts):
         batch_starts = context_starts[first : first + cfg.batch_contexts]
         windows = np.stack([np.asarray(tokens[s : s + n_ctx], dtype=np.int64) for s in batch_starts])
         with autocast(dtype):
-            mlp = model.mlp_activations(torch.from_numpy(windows))
+            hooked = lm.activations(torch.from_numpy(windows))
         rows = slice(first * n_ctx, (first + len(batch_starts)) * n_ctx)
-        acts[rows] = mlp.reshape(-1, model.cfg.d_mlp)  # to fp16 in torch: NumPy's cast is 10x slower
+        acts[rows] = hooked.reshape(-1, lm.d_in)  # to fp16 in torch: NumPy's cast is 10x slower
         offsets[rows] = (batch_starts[:, None] + np.arange(n_ctx)[None, :]).reshape(-1)
     order = rng.permutation(len(acts))[:n_rows]
     offsets = offsets[order]
@@ -76,7 +79,7 @@ def harvest_shard(
 
 
 def harvest(
-    model: OneLayerTransformer,
+    model: OneLayerTransformer | HookedLM,
     tokens: np.ndarray,
     eot_id: int,
     cfg: HarvestConfig,
@@ -86,6 +89,7 @@ def harvest(
 ) -> dict:
     """Write `cfg.n_tokens` rows of activations in shards to `out_dir`; returns the manifest.
     Without `resume`, shards already there (perhaps of another model) are replaced."""
+    lm = as_hooked(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         for stale in [*out_dir.glob("acts_*.npy"), *out_dir.glob("doc_pos_*.npy"), out_dir / MANIFEST]:
@@ -98,16 +102,17 @@ def harvest(
             rows = min(cfg.shard_rows, cfg.n_tokens - index * cfg.shard_rows)
             acts_name, pos_name = shard_names(index)
             if not ((out_dir / acts_name).exists() and (out_dir / pos_name).exists()):
-                acts, doc_pos = harvest_shard(model, tokens, starts_of_docs, rows, cfg, index, dtype)
+                acts, doc_pos = harvest_shard(lm, tokens, starts_of_docs, rows, cfg, index, dtype)
                 atomic_write_bytes(out_dir / pos_name, _npy_bytes(doc_pos))
                 atomic_write_bytes(out_dir / acts_name, _npy_bytes(acts))
             shards.append(acts_name)
             bar.update(rows)
     manifest = {
-        "d_in": model.cfg.d_mlp,
+        "d_in": lm.d_in,
         "n_rows": cfg.n_tokens,
         "shards": shards,
-        "n_ctx": model.cfg.n_ctx,
+        "n_ctx": lm.n_ctx,
+        "hook": lm.hook,
         "seed": cfg.seed,
         "dtype": "float16",
     }

@@ -38,6 +38,7 @@ from trainer.analysis.stats import (
 )
 from trainer.analysis.stream import Encode, SparseCache, encode_stream
 from trainer.config import AnalysisConfig, RunConfig, to_dict
+from trainer.hooks import OWN_LOGIT_NOTE, HookedLM, OneLayerHooked, as_hooked
 from trainer.model import OneLayerTransformer
 from trainer.schema import (
     Example,
@@ -52,6 +53,7 @@ from trainer.schema import (
 from trainer.store import insert_rows, open_database, pending_run, update_run
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): for tests and UIs
+LOGIT_NOTE_KEY = "logit_effects"  # in Run.metrics: how the logit effects reach the logits
 
 
 class SAELike(Protocol):
@@ -63,8 +65,8 @@ class SAELike(Protocol):
 
 @dataclass
 class Basis:
-    """What is analysed: `encode` maps MLP activations [N, d_mlp] to [N, n_features]; `decoder`
-    [n_features, d_mlp] gives logit effects; `neighbour_vectors` the similarity between features;
+    """What is analysed: `encode` maps hook activations [N, d_in] to [N, n_features]; `decoder`
+    [n_features, d_in] gives logit effects; `neighbour_vectors` the similarity between features;
     x̂ = f · decoder + `decoder_bias` the reconstruction that ablations remove a feature from (None:
     the neurons, whose reconstruction is the MLP output itself)."""
 
@@ -86,11 +88,14 @@ def sae_basis(sae: SAELike) -> Basis:
     return Basis("sae", sae.encode, decoder, decoder, bias)
 
 
-def neuron_basis(model: OneLayerTransformer) -> Basis:
+def neuron_basis(model: OneLayerTransformer | HookedLM) -> Basis:
     """The MLP neurons: identity encoder, unit decoder rows; decoder cosines are all zero, so
     neighbours compare what each neuron writes into the residual stream (its W_out column)."""
-    d_mlp = model.cfg.d_mlp
-    return Basis("neurons", lambda x: x, torch.eye(d_mlp), model.mlp.W_out.weight.detach().T.float())
+    lm = as_hooked(model)
+    vectors = lm.neuron_vectors()
+    if vectors is None:
+        raise ValueError(f"the coordinates of {lm.hook} are not neurons: no neuron basis there")
+    return Basis("neurons", lambda x: x, torch.eye(lm.d_in), vectors.detach().float())
 
 
 @dataclass
@@ -140,7 +145,7 @@ def _tracked(items: Iterator[Any] | Any, step: Callable[[int], None]) -> Iterato
 
 @torch.no_grad()
 def analyze_run(
-    model: OneLayerTransformer,
+    model: OneLayerTransformer | HookedLM,
     basis: Basis,
     val_tokens: np.ndarray,
     cfg: AnalysisConfig,
@@ -149,16 +154,17 @@ def analyze_run(
     cache_dir: str | Path | None = None,
 ) -> RunAnalysis:
     """Every feature's statistics, examples and summaries over the first cfg.n_tokens of `val_tokens`."""
-    if basis.decoder.shape[1] != model.cfg.d_mlp:
+    lm = as_hooked(model)
+    if basis.decoder.shape[1] != lm.d_in:
         raise ValueError(
-            f"the basis reads {basis.decoder.shape[1]} inputs but the model's MLP has {model.cfg.d_mlp}"
+            f"the basis reads {basis.decoder.shape[1]} inputs but the model's {lm.hook} has {lm.d_in}"
         )
-    n_ctx, vocab, n_features = model.cfg.n_ctx, model.cfg.vocab_size, basis.n_features
+    n_ctx, vocab, n_features = lm.n_ctx, lm.vocab_size, basis.n_features
     tokens = usable_tokens(val_tokens, cfg, n_ctx)
     texts = token_texts if token_texts is not None else [str(i) for i in range(vocab)]
     timings: dict[str, float] = {}
-    was_training = model.training
-    model.eval()
+    was_training = lm.module.training
+    lm.module.eval()
     encoder_module = getattr(basis.encode, "__self__", None)
     encoder_training = isinstance(encoder_module, torch.nn.Module) and encoder_module.training
     if isinstance(encoder_module, torch.nn.Module):
@@ -172,7 +178,7 @@ def analyze_run(
             step = _stage("analysis: encode", n_batches, progress)
             first = FirstPassAccumulator(n_features, vocab, cfg.n_top_examples)
             for batch, raw, ids in encode_stream(
-                model, basis.encode, tokens, n_ctx, cfg.tokens_per_batch, cfg.dtype
+                lm, basis.encode, tokens, n_ctx, cfg.tokens_per_batch, cfg.dtype
             ):
                 first.add(batch, ids)
                 cache.append(batch, raw)
@@ -207,15 +213,18 @@ def analyze_run(
             n_top = int(top_windows.features.numel())
             top_windows.activations = both.activations[:n_top]
             step = _stage("analysis: ablations", n_batches, progress)
-            effects = ablation_effects(
-                model,
-                top_windows,
-                tokens,
-                val_tokens,
-                _tracked(cache, step),
-                basis.decoder,
-                basis.decoder_bias,
-            )
+            if isinstance(lm, OneLayerHooked):
+                effects = ablation_effects(
+                    lm.module,
+                    top_windows,
+                    tokens,
+                    val_tokens,
+                    _tracked(cache, step),
+                    basis.decoder,
+                    basis.decoder_bias,
+                )
+            else:  # ablations run on our own model only (yet): NaN, not computed
+                effects = torch.full(top_windows.valid.shape, float("nan"))
             timings["ablations"] = time.perf_counter() - t0
             cache_bytes = cache.n_bytes
 
@@ -224,7 +233,7 @@ def analyze_run(
         effect_table = effect_rows(top_windows, effects)
         findings = {"ablation": ablation_summary(top_windows, effects)}
         features = feature_rows(
-            model.direct_logit_weights().detach(),
+            lm.logit_weights().detach(),
             basis.decoder,
             basis.neighbour_vectors,
             stats,
@@ -241,7 +250,7 @@ def analyze_run(
                 row["map_x"], row["map_y"] = x, y
         timings["map"] = time.perf_counter() - t0
     finally:
-        model.train(was_training)
+        lm.module.train(was_training)
         if isinstance(encoder_module, torch.nn.Module):
             encoder_module.train(encoder_training)
     density = stats.fire_count.double() / len(tokens)
@@ -279,7 +288,7 @@ def _token_bytes(tokenizer: Any) -> list[bytes]:
 
 def _store(
     cfg: RunConfig,
-    model: OneLayerTransformer,
+    model: OneLayerTransformer | HookedLM,
     basis: Basis,
     tokenizer: Any,
     val_tokens: np.ndarray,
@@ -288,18 +297,24 @@ def _store(
     run_fields: dict[str, Any],
     progress: Progress | None,
 ) -> int:
+    lm = as_hooked(model)
     vocab_bytes = _token_bytes(tokenizer)
-    if len(vocab_bytes) < model.cfg.vocab_size:
+    if len(vocab_bytes) < lm.vocab_size:
         raise ValueError(
-            f"the tokenizer has {len(vocab_bytes)} tokens but the model's vocabulary is {model.cfg.vocab_size}"
+            f"the tokenizer has {len(vocab_bytes)} tokens but the model's vocabulary is {lm.vocab_size}"
         )
+    if lm.logit_effects_note != OWN_LOGIT_NOTE:  # pages say how the logit effects were reached
+        run_fields = {
+            **run_fields,
+            "metrics": {**run_fields["metrics"], LOGIT_NOTE_KEY: lm.logit_effects_note},
+        }
     engine = open_database(db_url or cfg.database_url)
     try:
         with pending_run(
             engine,
             slug,
             kind=basis.kind,
-            d_in=model.cfg.d_mlp,
+            d_in=lm.d_in,
             n_features=basis.n_features,
             config=to_dict(cfg),
             **run_fields,
@@ -307,7 +322,7 @@ def _store(
             if progress is not None:
                 progress("run created", 0, 1)
             texts = [raw.decode("utf-8", "replace") for raw in vocab_bytes]
-            analysis = analyze_run(model, basis, val_tokens, cfg.analysis, texts, progress)
+            analysis = analyze_run(lm, basis, val_tokens, cfg.analysis, texts, progress)
             update_run(
                 engine,
                 run_id,
@@ -330,9 +345,15 @@ def _store(
         engine.dispose()
 
 
+def _artifacts(cfg: RunConfig) -> str | None:
+    """The folder holding tokenizer.json and lm/ for the app's live inference; None for a
+    transformers model, which the app does not run (yet): never our model in its place."""
+    return None if cfg.model_path else str(cfg.root.resolve())
+
+
 def analyze_and_store(
     cfg: RunConfig,
-    model: OneLayerTransformer,
+    model: OneLayerTransformer | HookedLM,
     sae: SAELike,
     tokenizer: Any,
     val_tokens: np.ndarray,
@@ -348,30 +369,29 @@ def analyze_and_store(
 ) -> int:
     """Analyse an SAE's features and publish them as run `slug` (default cfg.slug), replacing any
     run of that slug; returns the run id. `tokenizer`: a tokenizers.Tokenizer or its token bytes."""
+    lm = as_hooked(model)
     d_in = int(sae.W_dec.shape[1])
-    if d_in != model.cfg.d_mlp:
+    if d_in != lm.d_in:
         raise ValueError(
-            f"the SAE reads {d_in}-dimensional inputs but the model's MLP has {model.cfg.d_mlp} "
-            "neurons: this SAE was not trained on this model"
+            f"the SAE reads {d_in}-dimensional inputs but the model's {lm.hook} has {lm.d_in}: "
+            "this SAE was not trained on this model"
         )
     variant = getattr(getattr(sae, "cfg", None), "variant", "sae")
     fields = dict(
-        model_name=model_name or Path(cfg.out_dir).name,
+        model_name=model_name or cfg.model_name,
         variant=variant,
         metrics=metrics or {},
         training_log=training_log or {},
         corpus_manifest=corpus_manifest or {},
-        artifacts_path=artifacts_path or str(cfg.root.resolve()),
+        artifacts_path=artifacts_path or _artifacts(cfg),
         sae_path=sae_path or str(cfg.sae_dir.resolve()),
     )
-    return _store(
-        cfg, model, sae_basis(sae), tokenizer, val_tokens, db_url, slug or cfg.slug, fields, progress
-    )
+    return _store(cfg, lm, sae_basis(sae), tokenizer, val_tokens, db_url, slug or cfg.slug, fields, progress)
 
 
 def analyze_neurons_and_store(
     cfg: RunConfig,
-    model: OneLayerTransformer,
+    model: OneLayerTransformer | HookedLM,
     tokenizer: Any,
     val_tokens: np.ndarray,
     db_url: str | None = None,
@@ -385,14 +405,14 @@ def analyze_neurons_and_store(
 ) -> int:
     """The same analysis for the model's MLP neurons, as a run of kind 'neurons' (default slug
     '<model_name>-neurons'); returns the run id."""
-    name = model_name or Path(cfg.out_dir).name
+    name = model_name or cfg.model_name
     fields = dict(
         model_name=name,
         variant="neurons",
         metrics=metrics or {},
         training_log=training_log or {},
         corpus_manifest=corpus_manifest or {},
-        artifacts_path=artifacts_path or str(cfg.root.resolve()),
+        artifacts_path=artifacts_path or _artifacts(cfg),
         sae_path=None,
     )
     return _store(

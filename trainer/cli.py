@@ -82,6 +82,27 @@ SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+# Subcommands that can study a transformers model at a hook point instead of our own model.
+MODEL_COMMANDS = ("corpus", "harvest", "train-sae", "evaluate", "analyze", "demo")
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("your own model")
+    group.add_argument(
+        "--model",
+        dest="model_path",
+        metavar="PATH_OR_ID",
+        help="a transformers causal LM (GPT-2, GPT-NeoX, Llama families): its folder, or a hub id "
+        "where there is network; used with its own tokenizer instead of our one-layer model",
+    )
+    group.add_argument(
+        "--hook",
+        metavar="NAME",
+        help="the hook point to read, TransformerLens-style: blocks.{i}.mlp.hook_post, "
+        "blocks.{i}.hook_resid_pre / hook_resid_post, blocks.{i}.attn.hook_z",
+    )
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("run")
     group.add_argument(
@@ -108,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, stages) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         _add_common(sub)
+        if name in MODEL_COMMANDS:
+            _add_model_flags(sub)
         for stage in stages:
             group = sub.add_argument_group(stage)
             for flag, key, kind, flag_help in STAGE_FLAGS[stage]:
@@ -197,6 +220,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides["db_url"] = args.db
     overrides["run_name"] = args.run_name
     overrides["sae_path"] = getattr(args, "sae_path", None)
+    overrides["model_path"] = getattr(args, "model_path", None)
+    overrides["hook"] = getattr(args, "hook", None)
     return preset_config(args.preset, **overrides)
 
 
@@ -295,6 +320,22 @@ def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file
         actions[stage]()
 
 
+def check_model(cfg: RunConfig, need_hook: bool = True) -> None:
+    """Refuse a model folder, hook name or tokenizer that cannot work, in one line."""
+    if cfg.model_path:
+        from trainer.hf_model import preflight
+
+        preflight(cfg.model_path, cfg.hook, need_hook)
+        if need_hook and (cfg.tokens_dir / "meta.json").exists():
+            from trainer.pipeline import token_meta
+
+            token_meta(cfg)  # tokenised for this model
+    else:
+        from trainer.hooks import check_own_hook
+
+        check_own_hook(cfg.hook)
+
+
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     ValueError,
@@ -321,7 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.pipeline import check_sae_path
 
             check_sae_path(cfg)  # before any stage writes a file
-        run_stages(cfg, SUBCOMMANDS[args.command][1], args.resume, getattr(args, "activations_file", None))
+        stages = SUBCOMMANDS[args.command][1]
+        if cfg.model_path or cfg.hook:
+            check_model(cfg, need_hook=args.command != "corpus")  # before anything is written
+            stages = [stage for stage in stages if not (cfg.model_path and stage == "train-lm")]
+        run_stages(cfg, stages, args.resume, getattr(args, "activations_file", None))
         if args.command == "demo":
             print(f"demo finished; artifacts in {cfg.root}/, database {cfg.database_url}")
             if not args.no_serve:

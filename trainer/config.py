@@ -214,6 +214,10 @@ class RunConfig:
     device: str = "cpu"
     # An SAE folder to evaluate / analyse instead of the one this run trained (`--sae PATH`).
     sae_path: str | None = None
+    # A transformers causal LM (folder or hub id) to study instead of our one-layer model, and the
+    # hook point read on it (trainer/hf_model.py). `hook` alone may only name our model's one.
+    model_path: str | None = None
+    hook: str | None = None
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -225,7 +229,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(
-            self.model.vocab_size == self.tokenizer.vocab_size or self.tokenizer.tokenizer_path is not None,
+            self.model.vocab_size == self.tokenizer.vocab_size
+            or self.tokenizer.tokenizer_path is not None
+            or self.model_path is not None,
             "model.vocab_size must equal tokenizer.vocab_size",
         )
 
@@ -252,13 +258,14 @@ class RunConfig:
 
     @property
     def activations_dir(self) -> Path:
-        return self.root / "activations"
+        return self.root / "activations" / self.hook if self.hook else self.root / "activations"
 
     @property
     def sae_dir(self) -> Path:
         if self.sae_path:
             return Path(self.sae_path)
-        return self.root / f"sae_{self.sae.variant}_{self.sae.d_sae}"
+        hook = f"{self.hook}_" if self.hook else ""
+        return self.root / f"sae_{hook}{self.sae.variant}_{self.sae.d_sae}"
 
     @property
     def eval_dir(self) -> Path:
@@ -284,7 +291,15 @@ class RunConfig:
             return self.run_name
         if self.sae_path:
             return f"{self.preset}-{Path(self.sae_path).resolve().name}"
-        return f"{self.preset}-{self.sae.variant}-{self.sae.d_sae}"
+        if self.model_path:  # a model of the user's: its name and hook, not our preset
+            return f"{self.model_name}-{self.hook}-{self.sae.variant}-{self.sae.d_sae}"
+        hook = f"{self.hook}-" if self.hook else ""
+        return f"{self.preset}-{hook}{self.sae.variant}-{self.sae.d_sae}"
+
+    @property
+    def model_name(self) -> str:
+        """Runs of one model share it: the model folder's name, else the run directory's."""
+        return Path(self.model_path).name if self.model_path else self.root.name
 
 
 # ---------------------------------------------------------------------------- presets

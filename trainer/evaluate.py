@@ -3,9 +3,14 @@
 On non-overlapping windows of n_ctx + 1 held-out tokens: reconstruction error (mse: squared error
 summed over d_in, mean over tokens; fvu: that error over the variance about the per-dimension
 mean), L0, the dead and dense fractions and the log10 feature-density histogram, and how much of
-the MLP's contribution to the next-token loss survives splicing the reconstruction in:
+the hook's contribution to the next-token loss survives splicing the reconstruction in there
+(our model's MLP, or any hook of a transformers model: trainer/hooks.py):
 
     ce_loss_recovered = (ce_zero_ablation − ce_with_sae) / (ce_zero_ablation − ce_clean)
+
+and the same against mean ablation (the hook's mean over the evaluation tokens spliced in),
+`ce_loss_recovered_mean`, the fairer baseline where zeros are far off-distribution (the
+residual stream).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tqdm.auto import tqdm
 
 from trainer.checkpoint import atomic_write_bytes, atomic_write_text
 from trainer.config import EvalConfig
+from trainer.hooks import HookedLM, as_hooked
 from trainer.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
 
@@ -49,6 +55,9 @@ class EvalResult:
     n_zero_density: int  # features that never fired, outside the histogram
     feature_density: np.ndarray = field(repr=False)  # [d_sae] fraction of tokens each feature fired on
     training: dict[str, Any] = field(default_factory=dict)  # the SAE's training record (λ reached, ...)
+    ce_mean_ablation: float = float("nan")
+    ce_loss_recovered_mean: float = float("nan")
+    hook: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, without the per-feature array (saved beside it as feature_density.npy)."""
@@ -75,13 +84,26 @@ def density_histogram(feature_density: np.ndarray, n_tokens: int) -> tuple[list[
     return edges.tolist(), counts.tolist(), int((feature_density == 0).sum())
 
 
-def _replace_with(replacement: torch.Tensor, _mlp_post: torch.Tensor) -> torch.Tensor:
+def _replace_with(replacement: torch.Tensor, _activations: torch.Tensor) -> torch.Tensor:
     return replacement
+
+
+def _recovered(ablated: float, spliced: float, clean: float) -> float:
+    return (ablated - spliced) / (ablated - clean) if ablated != clean else float("nan")
+
+
+def hook_mean(lm: HookedLM, windows: np.ndarray, batch_contexts: int, device: torch.device) -> torch.Tensor:
+    """[d_in] mean of the hook's activations over every predicted position of `windows`."""
+    total = torch.zeros(lm.d_in, dtype=torch.float64, device=device)
+    for start in range(0, len(windows), batch_contexts):
+        idx = torch.from_numpy(windows[start : start + batch_contexts, :-1]).to(device)
+        total += lm.activations(idx).to(device).double().reshape(-1, lm.d_in).sum(0)
+    return (total / (len(windows) * (windows.shape[1] - 1))).float()
 
 
 @torch.no_grad()
 def evaluate_sae(
-    model: OneLayerTransformer,
+    model: OneLayerTransformer | HookedLM,
     sae: SparseAutoencoder,
     val_tokens: np.ndarray,
     cfg: EvalConfig,
@@ -91,32 +113,35 @@ def evaluate_sae(
 ) -> EvalResult:
     """All metrics on held-out tokens, in fp32, on the SAE's device; written to out_dir/eval.json
     when out_dir is given."""
-    model.eval()
+    lm = as_hooked(model)
+    lm.module.eval()
     sae.eval()
     device = sae.W_dec.device
     windows = context_windows(val_tokens, n_ctx, cfg.n_tokens)
+    mean = hook_mean(lm, windows, cfg.batch_contexts, device)
     d_in = sae.cfg.d_in
     n_tokens, active = 0, 0
     sq_error, x_sum, x_sq_sum = 0.0, torch.zeros(d_in, dtype=torch.float64, device=device), 0.0
     fire_counts = torch.zeros(sae.cfg.d_sae, dtype=torch.float64, device=device)
-    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0, "mean": 0.0}
     batches = range(0, len(windows), cfg.batch_contexts)
     for start in tqdm(batches, disable=not progress, desc="evaluate sae", unit="batch"):
         chunk = torch.from_numpy(windows[start : start + cfg.batch_contexts]).to(device)
         idx, targets = chunk[:, :-1], chunk[:, 1:]
         tokens = idx.numel()
-        clean = model(idx, targets, return_mlp_post=True)
-        assert clean.loss is not None and clean.mlp_post is not None
-        x = clean.mlp_post.float().reshape(-1, d_in)  # [tokens, d_in]
+        clean_loss, hooked = lm.run(idx, targets)
+        x = hooked.to(device).float().reshape(-1, d_in)  # [tokens, d_in]
         x_hat, f = sae(x)
-        reconstruction = x_hat.reshape(clean.mlp_post.shape)
-        with_sae = model(idx, targets, mlp_replacement=functools.partial(_replace_with, reconstruction))
-        zero = model(idx, targets, mlp_replacement=torch.zeros_like)
-        assert with_sae.loss is not None and zero.loss is not None
+        reconstruction = x_hat.reshape(hooked.shape)
+        losses = {
+            "clean": clean_loss,
+            "sae": lm.run(idx, targets, functools.partial(_replace_with, reconstruction))[0],
+            "zero": lm.run(idx, targets, torch.zeros_like)[0],
+            "mean": lm.run(idx, targets, lambda x: mean.to(x.device).expand_as(x))[0],
+        }
         # Losses are means over a batch's tokens: weight them by its token count.
-        ce["clean"] += float(clean.loss) * tokens
-        ce["sae"] += float(with_sae.loss) * tokens
-        ce["zero"] += float(zero.loss) * tokens
+        for key, loss in losses.items():
+            ce[key] += float(loss) * tokens
         sq_error += float((x_hat - x).double().pow(2).sum())
         x_sum += x.double().sum(0)
         x_sq_sum += float(x.double().pow(2).sum())
@@ -128,7 +153,7 @@ def evaluate_sae(
     # Σ‖x − mean‖² = Σ‖x‖² − N‖mean‖², the variance about the per-dimension mean.
     total_variance = x_sq_sum - float((x_sum**2).sum()) / n_tokens
     feature_density = (fire_counts / n_tokens).cpu().numpy()
-    ce_clean, ce_sae, ce_zero = (ce[k] / n_tokens for k in ("clean", "sae", "zero"))
+    ce_clean, ce_sae, ce_zero, ce_mean = (ce[k] / n_tokens for k in ("clean", "sae", "zero", "mean"))
     edges, counts, n_zero = density_histogram(feature_density, n_tokens)
     result = EvalResult(
         n_tokens=n_tokens,
@@ -140,12 +165,15 @@ def evaluate_sae(
         ce_clean=ce_clean,
         ce_with_sae=ce_sae,
         ce_zero_ablation=ce_zero,
-        ce_loss_recovered=(ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
+        ce_loss_recovered=_recovered(ce_zero, ce_sae, ce_clean),
         density_hist_edges=edges,
         density_hist_counts=counts,
         n_zero_density=n_zero,
         feature_density=feature_density,
         training=dict(sae.training_record),
+        ce_mean_ablation=ce_mean,
+        ce_loss_recovered_mean=_recovered(ce_mean, ce_sae, ce_clean),
+        hook=lm.hook,
     )
     if out_dir is not None:
         save_eval(result, Path(out_dir))

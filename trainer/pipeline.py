@@ -62,6 +62,8 @@ def timed(stage: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 def run_corpus(cfg: RunConfig) -> dict[str, Any]:
     """Build the corpus, then the tokenizer (trained, or the user's) and the token arrays."""
     manifest = build_corpus(cfg.corpus, cfg.corpus_dir)
+    if cfg.model_path:
+        return {**manifest, "tokens": _encode_for_model(cfg, manifest)}
     if cfg.tokenizer.tokenizer_path:
         tokenizer = load_tokenizer(Path(cfg.tokenizer.tokenizer_path))
     else:
@@ -97,6 +99,47 @@ def run_corpus(cfg: RunConfig) -> dict[str, Any]:
     return {**manifest, "tokens": meta}
 
 
+def _encode_for_model(cfg: RunConfig, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Tokenise the corpus with the transformers model's own tokenizer."""
+    from trainer.hf_model import load_tokenizer as load_model_tokenizer
+    from trainer.hf_model import tokenizer_info
+
+    assert cfg.model_path is not None
+    info = tokenizer_info(load_model_tokenizer(cfg.model_path))
+    meta = encode_documents(
+        info.backend,
+        iter_documents(cfg.corpus_dir),
+        cfg.tokens_dir,
+        cfg.tokenizer.val_fraction,
+        seed=cfg.corpus.seed,
+        total_docs=int(manifest["documents"]),
+        model_path=cfg.model_path,
+        eot=info.eot_id,
+    )
+    print(
+        f"corpus: {manifest['total_bytes'] / 1e6:.1f} MB in {manifest['documents']} documents -> "
+        f"{meta['n_train']:,} training and {meta['n_val']:,} held-out tokens of {cfg.model_path}"
+    )
+    return meta
+
+
+def _model_key(path_or_id: Any) -> Any:
+    return str(Path(path_or_id).resolve()) if path_or_id and Path(path_or_id).is_dir() else path_or_id
+
+
+def token_meta(cfg: RunConfig) -> dict[str, Any]:
+    """The tokenised corpus's meta, checked to be tokenised for this run's model."""
+    meta = load_token_meta(cfg.tokens_dir)
+    if _model_key(meta.get("model_path")) != _model_key(cfg.model_path):
+        tokenised_for = meta.get("model_path") or "our own BPE tokenizer"
+        flag = f" --model {cfg.model_path}" if cfg.model_path else ""
+        raise ValueError(
+            f"the corpus in {cfg.tokens_dir} is tokenised for {tokenised_for}, not for this run's model: "
+            f"run `monosemantic corpus{flag} --out-dir {cfg.out_dir}` first"
+        )
+    return meta
+
+
 @timed("train-lm")
 def run_train_lm(cfg: RunConfig, resume: bool = False) -> Any:
     """Train the one-layer transformer on the training split."""
@@ -120,19 +163,21 @@ def run_train_lm(cfg: RunConfig, resume: bool = False) -> Any:
 
 @timed("harvest")
 def run_harvest(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Harvest the MLP activations of the trained model over the training split."""
+    """Harvest the activations at the hook (our model's MLP by default) over the training split."""
     from trainer.activations import harvest
-    from trainer.model import OneLayerTransformer
+    from trainer.hooks import load_lm
 
-    model = OneLayerTransformer.load(cfg.lm_dir)
-    meta = load_token_meta(cfg.tokens_dir)
+    meta = token_meta(cfg)
+    # Our model harvests on the CPU in the training dtype; a transformers model on cfg.device, in
+    # the compute dtype its loader chose (bf16 where the hardware has it).
+    lm = load_lm(cfg, device=cfg.device if cfg.model_path else "cpu")
     return harvest(
-        model,
+        lm,
         load_token_split(cfg.tokens_dir, "train"),
         int(meta["eot_id"]),
         cfg.harvest,
         cfg.activations_dir,
-        dtype=cfg.lm.dtype,
+        dtype="fp32" if cfg.model_path else cfg.lm.dtype,
         resume=resume,
     )
 
@@ -170,47 +215,59 @@ def run_train_sae(cfg: RunConfig, resume: bool = False, activations_file: str | 
 def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
     """Evaluate the SAE on held-out text; writes eval.json beside the SAE."""
     from trainer.evaluate import evaluate_sae
-    from trainer.model import OneLayerTransformer
+    from trainer.hooks import load_lm
     from trainer.sae import SparseAutoencoder
 
-    model = OneLayerTransformer.load(cfg.lm_dir).to(cfg.device)
+    token_meta(cfg)
     sae = SparseAutoencoder.load(cfg.sae_dir).to(cfg.device)
-    _check_sae_fits(model, sae)
+    lm = load_lm(cfg)
+    _check_sae_fits(lm, sae)
     result = evaluate_sae(
-        model, sae, load_token_split(cfg.tokens_dir, "val"), cfg.eval, model.cfg.n_ctx, out_dir=cfg.eval_dir
+        lm, sae, load_token_split(cfg.tokens_dir, "val"), cfg.eval, lm.n_ctx, out_dir=cfg.eval_dir
     )
     metrics = result.to_dict()
     print(
         "evaluate: "
         + ", ".join(
             f"{k} {metrics[k]:.4g}"
-            for k in ("mse", "fvu", "l0", "dead_fraction", "dense_fraction", "ce_loss_recovered")
+            for k in (
+                "mse",
+                "fvu",
+                "l0",
+                "dead_fraction",
+                "dense_fraction",
+                "ce_loss_recovered",
+                "ce_loss_recovered_mean",
+            )
         )
     )
     return metrics
 
 
-def _check_sae_fits(model: Any, sae: Any) -> None:
-    from trainer.model import HOOK_MLP_POST
+def _check_sae_fits(lm: Any, sae: Any) -> None:
+    from trainer.hooks import OneLayerHooked
     from trainer.sae.saelens_format import check_sae_fits
 
-    check_sae_fits(sae, model.cfg.d_mlp, HOOK_MLP_POST, what="the model's MLP")
+    what = "the model's MLP" if isinstance(lm, OneLayerHooked) else f"the model's {lm.hook}"
+    check_sae_fits(sae, lm.d_in, lm.hook, what=what)
 
 
 def check_sae_path(cfg: RunConfig) -> None:
     """For `--sae PATH`: refuse, before any stage writes a file, an SAE folder that cannot be
     read or does not fit the run's model (its d_in or hook)."""
-    from trainer.model import OneLayerTransformer
+    from trainer.hooks import load_lm
     from trainer.sae import SparseAutoencoder
 
     if not cfg.sae_path:
         return
-    if not (cfg.lm_dir / "model.safetensors").exists():
+    if not cfg.model_path and not (cfg.lm_dir / "model.safetensors").exists():
         raise FileNotFoundError(f"no model at {cfg.lm_dir}: --sae needs the run's model (see --out-dir)")
-    _check_sae_fits(OneLayerTransformer.load(cfg.lm_dir), SparseAutoencoder.load(cfg.sae_dir))
+    _check_sae_fits(load_lm(cfg, device="cpu"), SparseAutoencoder.load(cfg.sae_dir))
 
 
 def lm_val_loss(cfg: RunConfig) -> float | None:
+    if cfg.model_path:  # a model trained elsewhere
+        return None
     path = cfg.lm_dir / "training_log.json"
     if not path.exists():
         return None
@@ -223,20 +280,29 @@ def _read_json(path: Path) -> Any:
 
 
 @timed("analyze")
-def run_analyze(cfg: RunConfig) -> tuple[int, int]:
-    """Analyse every SAE feature and every MLP neuron into the database (two runs)."""
+def run_analyze(cfg: RunConfig) -> tuple[int, int | None]:
+    """Analyse every SAE feature and every MLP neuron into the database (two runs; one, the SAE's,
+    at a hook whose coordinates are not neurons)."""
     from trainer.analyze import analyze_and_store, analyze_neurons_and_store
-    from trainer.model import OneLayerTransformer
+    from trainer.hooks import load_lm
     from trainer.sae import SparseAutoencoder
 
-    model = OneLayerTransformer.load(cfg.lm_dir)
+    token_meta(cfg)
     sae = SparseAutoencoder.load(cfg.sae_dir)
+    model = load_lm(cfg, device="cpu")
     _check_sae_fits(model, sae)
     if cfg.sae_path:  # the stored config describes the SAE that was analysed
         cfg = dataclasses.replace(cfg, sae=sae.cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer_path)
+    tokenizer: Any
+    if cfg.model_path:
+        from trainer.hf_model import load_tokenizer as load_model_tokenizer
+        from trainer.hf_model import token_bytes
+
+        tokenizer = token_bytes(load_model_tokenizer(cfg.model_path), model.vocab_size)
+    else:
+        tokenizer = load_tokenizer(cfg.tokenizer_path)
     val_tokens = load_token_split(cfg.tokens_dir, "val")
-    lm_log = _read_json(cfg.lm_dir / "training_log.json") or []
+    lm_log = [] if cfg.model_path else _read_json(cfg.lm_dir / "training_log.json") or []
     lm_metrics = {"lm_val_loss": lm_val_loss(cfg)}
     sae_metrics = {**(_read_json(cfg.eval_dir / "eval.json") or {}), **lm_metrics}
     manifest = corpus_manifest(cfg)
@@ -250,6 +316,9 @@ def run_analyze(cfg: RunConfig) -> tuple[int, int]:
         training_log={"sae": _read_json(cfg.sae_dir / "training_log.json") or {}, "lm": lm_log},
         corpus_manifest=manifest,
     )
+    if model.neuron_vectors() is None:
+        print(f"analyze: wrote run '{cfg.slug}' to {cfg.database_url}")
+        return sae_run, None
     neuron_run = analyze_neurons_and_store(
         cfg,
         model,
@@ -258,6 +327,7 @@ def run_analyze(cfg: RunConfig) -> tuple[int, int]:
         metrics=lm_metrics,
         training_log={"lm": lm_log},
         corpus_manifest=manifest,
+        slug=f"{cfg.model_name}-{cfg.hook}-neurons" if cfg.model_path else None,
     )
     print(f"analyze: wrote runs '{cfg.slug}' and its neurons to {cfg.database_url}")
     return sae_run, neuron_run

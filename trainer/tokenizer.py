@@ -2,7 +2,8 @@
 
 Layout of `tokens_dir`: `train.bin` and `val.bin` (raw little-endian uint16, or uint32 for
 vocabularies over 65,536), and `meta.json` ({"dtype", "vocab_size", "n_train", "n_val",
-"eot_id", "n_train_docs", "n_val_docs"}). Documents are separated by the end-of-text token.
+"eot_id", "n_train_docs", "n_val_docs"}, and "model_path" when the tokenizer is a transformers
+model's). Documents are separated by the end-of-text token.
 The validation split is whole documents, chosen by a seeded hash, never trained on.
 """
 
@@ -91,11 +92,15 @@ def encode_documents(
     val_fraction: float,
     seed: int = 0,
     total_docs: int | None = None,
+    model_path: str | None = None,
+    eot: int | None = None,
 ) -> dict[str, int | str]:
-    """Tokenise documents into train.bin / val.bin, each document followed by EOT; returns meta."""
+    """Tokenise documents into train.bin / val.bin, each document followed by EOT; returns meta.
+    With `model_path` (a transformers model whose tokenizer this is, recorded in the meta), `eot`
+    is the model's end-of-sequence id and no special tokens are added."""
     tokens_dir.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.get_vocab_size())
-    eot = eot_id(tokenizer)
+    eot = eot_id(tokenizer) if eot is None else eot
     counts = {"train": 0, "val": 0}
     docs = {"train": 0, "val": 0}
     rng = np.random.default_rng(seed)
@@ -105,7 +110,7 @@ def encode_documents(
         batch: list[str] = []
 
         def flush() -> None:
-            for encoding in tokenizer.encode_batch(batch):
+            for encoding in tokenizer.encode_batch(batch, add_special_tokens=model_path is None):
                 split = "val" if rng.random() < val_fraction else "train"
                 ids = np.asarray(encoding.ids + [eot], dtype=dtype)
                 handles[split].write(ids.tobytes())
@@ -134,6 +139,8 @@ def encode_documents(
         "n_train_docs": docs["train"],
         "n_val_docs": docs["val"],
     }
+    if model_path is not None:
+        meta["model_path"] = model_path
     atomic_write_text(tokens_dir / "meta.json", json.dumps(meta, indent=2))
     return meta
 

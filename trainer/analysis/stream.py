@@ -1,4 +1,4 @@
-"""The analysis stream: MLP activations of the held-out tokens, encoded into a basis, kept sparse.
+"""The analysis stream: hook activations of the held-out tokens, encoded into a basis, kept sparse.
 
 Pass 1 runs the model and the encoder once over the stream (contiguous, non-overlapping windows
 of `n_ctx` tokens, `tokens_per_batch` tokens at a time) and keeps only the nonzero activations,
@@ -14,9 +14,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+
+from trainer.hooks import as_hooked
 
 Encode = Callable[[torch.Tensor], torch.Tensor]  # x[N, d_in] -> f[N, n_features]
 
@@ -57,7 +60,7 @@ def sparsify(f: torch.Tensor, start: int) -> tuple[SparseBatch, torch.Tensor]:
 
 @torch.no_grad()
 def encode_stream(
-    model: torch.nn.Module,
+    model: Any,
     encode: Encode,
     tokens: np.ndarray,
     n_ctx: int,
@@ -66,14 +69,16 @@ def encode_stream(
 ) -> Iterator[tuple[SparseBatch, torch.Tensor, torch.Tensor]]:
     """(sparse batch, raw values in the encoder's dtype, token ids[T]) for each batch of the stream.
 
-    `tokens` must hold a whole number of n_ctx windows; batches hold whole windows.
+    `tokens` must hold a whole number of n_ctx windows; batches hold whole windows. `model`: a
+    HookedLM, or our OneLayerTransformer.
     """
+    lm = as_hooked(model)
     contexts_per_batch = max(1, tokens_per_batch // n_ctx)
     step = contexts_per_batch * n_ctx
     for start in range(0, len(tokens), step):
         ids = torch.from_numpy(np.asarray(tokens[start : start + step], dtype=np.int64))
         with autocast_context(dtype):
-            acts = model.mlp_activations(ids.view(-1, n_ctx))  # type: ignore[operator]
+            acts = lm.activations(ids.view(-1, n_ctx)).to(ids.device)
             f = encode(acts.reshape(ids.numel(), -1))
         batch, raw = sparsify(f, start)
         yield batch, raw, ids

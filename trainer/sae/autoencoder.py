@@ -156,7 +156,7 @@ class SparseAutoencoder(nn.Module):
         """cfg.json: SAELens's fields (flat, and under "meta" as SAELens ≥ 6 writes them) and ours."""
         meta = {
             "model_name": model_name,
-            "hook_name": HOOK_NAME,
+            "hook_name": self.hook_name or HOOK_NAME,
             "hook_layer": 0,
             "hook_head_index": None,
             "context_size": context_size,

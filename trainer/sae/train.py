@@ -247,6 +247,8 @@ def train_sae(
         "n_tokens": n_steps * sae_cfg.batch_size,
         "activations": source.name,
     }
+    if isinstance(cfg, RunConfig) and cfg.hook:  # the hook it was harvested at (trainer/hooks.py)
+        state.sae.hook_name = cfg.hook
     if is_main_process():
         state.sae.save(out_dir, model_name=model_name, context_size=context_size)
         write_training_log(state, out_dir)
