@@ -42,7 +42,7 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
     ],
     "train-sae": [
         ("--variant", "sae.variant", str, f"SAE variant: {', '.join(SAE_VARIANTS)}"),
-        ("--d-sae", "sae.d_sae", int, "number of SAE features"),
+        ("--d-sae", "sae.d_sae", str, "number of SAE features; a comma list (512,1024,...) trains one per size"),
         ("--l1-coefficient", "sae.l1_coefficient", float, "sparsity penalty (paper, l1_decnorm, jumprelu)"),
         ("--k", "sae.k", int, "active latents per token (topk, batchtopk)"),
         (
@@ -61,6 +61,11 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
         ),
     ],
     "evaluate": [("--eval-tokens", "eval.n_tokens", int, "held-out tokens to evaluate on")],
+    # The study (trainer/study.py): every stage that touches a size or model B takes these.
+    "study": [
+        ("--d-sae", "sae.d_sae", str, "number of SAE features; a comma list (512,1024,...) trains one per size"),
+        ("--seed-b", "study.seed_b", int, "also train model B from this seed, for universality"),
+    ],
     "analyze": [("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse")],
     "prerender": [],
 }
@@ -108,9 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, stages) in SUBCOMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         _add_common(sub)
-        for stage in stages:
+        offered: set[str] = set()
+        study = ["study"] if set(stages) & {"train-lm", "harvest", "train-sae", "evaluate", "analyze"} else []
+        for stage in stages + study:
             group = sub.add_argument_group(stage)
             for flag, key, kind, flag_help in STAGE_FLAGS[stage]:
+                if flag in offered:
+                    continue
+                offered.add(flag)
                 action = "append" if key == "corpus.sources" else "store"
                 group.add_argument(flag, dest=key, type=kind, action=action, help=flag_help)
         if name == "demo":
@@ -152,6 +162,16 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--d-sae {text!r}: expected a number of features or a comma list of them") from None
+    if not sizes:
+        raise ConfigError("--d-sae: expected a number of features")
+    return sizes
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -164,6 +184,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for key, value in vars(args).items():
         if "." in key and value is not None:
             overrides[key] = tuple(value) if isinstance(value, list) else value
+    if isinstance(overrides.get("sae.d_sae"), str):  # --d-sae 512,1024: the first is the main size
+        sizes = _sizes(overrides["sae.d_sae"])
+        overrides["sae.d_sae"] = sizes[0]
+        if len(sizes) > 1:
+            overrides["study.sizes"] = sizes
     if args.out_dir:
         overrides["out_dir"] = args.out_dir
     overrides["db_url"] = args.db
@@ -224,19 +249,10 @@ def _serve(db_url: str | None, host: str, port: int, workers: int | None = None)
 
 
 def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file: str | None = None) -> None:
-    from trainer import pipeline
+    from trainer.study import run_stage  # each stage, for every size and model of the study
 
-    actions: dict[str, Callable[[], Any]] = {
-        "corpus": lambda: pipeline.run_corpus(cfg),
-        "train-lm": lambda: pipeline.run_train_lm(cfg, resume=resume),
-        "harvest": lambda: pipeline.run_harvest(cfg, resume=resume),
-        "train-sae": lambda: pipeline.run_train_sae(cfg, resume=resume, activations_file=activations_file),
-        "evaluate": lambda: pipeline.run_evaluate(cfg),
-        "analyze": lambda: pipeline.run_analyze(cfg),
-        "prerender": lambda: pipeline.run_prerender(cfg),
-    }
     for stage in stages:
-        actions[stage]()
+        run_stage(cfg, stage, resume, activations_file)
 
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (

@@ -210,8 +210,9 @@ def _read_json(path: Path) -> Any:
 
 
 @timed("analyze")
-def run_analyze(cfg: RunConfig) -> tuple[int, int]:
-    """Analyse every SAE feature and every MLP neuron into the database (two runs)."""
+def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
+    """Analyse every SAE feature and (unless `neurons` is False) every MLP neuron into the
+    database (two runs)."""
     from trainer.analyze import analyze_and_store, analyze_neurons_and_store
     from trainer.model import OneLayerTransformer
     from trainer.sae import SparseAutoencoder
@@ -234,6 +235,9 @@ def run_analyze(cfg: RunConfig) -> tuple[int, int]:
         training_log={"sae": _read_json(cfg.sae_dir / "training_log.json") or {}, "lm": lm_log},
         corpus_manifest=manifest,
     )
+    if not neurons:
+        print(f"analyze: wrote run '{cfg.slug}' to {cfg.database_url}")
+        return sae_run, None
     neuron_run = analyze_neurons_and_store(
         cfg,
         model,
