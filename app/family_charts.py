@@ -95,7 +95,9 @@ def family_tree(tree: FamilyTree) -> Spec | None:
     }
 
 
-def best_match_histograms(features: list[BestMatchHistogram], neurons: list[BestMatchHistogram]) -> Spec | None:
+def best_match_histograms(
+    features: list[BestMatchHistogram], neurons: list[BestMatchHistogram]
+) -> Spec | None:
     """The paper's universality figure: best-match correlation, features against neurons."""
     traces = []
     for name, colour, items in (("features", "#d35400", features), ("neurons", "#2471a3", neurons)):

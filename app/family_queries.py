@@ -293,6 +293,12 @@ def universality(session: Session, run: Run, other_slug: str | None = None) -> U
     if other_slug:
         other_run = get_run(session, other_slug)
         message = mismatch(session, run, other_run)
+        if message is None and other_run.model_name == run.model_name:
+            message = (
+                f"Runs {run.slug!r} and {other_slug!r} belong to one model; universality compares "
+                "models trained from different seeds (dictionary sizes of one model are compared "
+                "on each feature's family page)."
+            )
     same_model = list(
         session.scalars(select(Run).where(Run.model_name == run.model_name, Run.status == "complete"))
     )

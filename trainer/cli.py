@@ -10,7 +10,6 @@ import argparse
 import ast
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,12 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
     ],
     "train-sae": [
         ("--variant", "sae.variant", str, f"SAE variant: {', '.join(SAE_VARIANTS)}"),
-        ("--d-sae", "sae.d_sae", str, "number of SAE features; a comma list (512,1024,...) trains one per size"),
+        (
+            "--d-sae",
+            "sae.d_sae",
+            str,
+            "number of SAE features; a comma list (512,1024,...) trains one per size",
+        ),
         ("--l1-coefficient", "sae.l1_coefficient", float, "sparsity penalty (paper, l1_decnorm, jumprelu)"),
         ("--k", "sae.k", int, "active latents per token (topk, batchtopk)"),
         (
@@ -61,9 +65,14 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
         ),
     ],
     "evaluate": [("--eval-tokens", "eval.n_tokens", int, "held-out tokens to evaluate on")],
-    # The study (trainer/study.py): every stage that touches a size or model B takes these.
+    # The study (trainer/study.py): sizes and model B, offered by every stage's command.
     "study": [
-        ("--d-sae", "sae.d_sae", str, "number of SAE features; a comma list (512,1024,...) trains one per size"),
+        (
+            "--d-sae",
+            "sae.d_sae",
+            str,
+            "number of SAE features; a comma list (512,1024,...) trains one per size",
+        ),
         ("--seed-b", "study.seed_b", int, "also train model B from this seed, for universality"),
     ],
     "analyze": [("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse")],
@@ -114,8 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         _add_common(sub)
         offered: set[str] = set()
-        study = ["study"] if set(stages) & {"train-lm", "harvest", "train-sae", "evaluate", "analyze"} else []
-        for stage in stages + study:
+        for stage in [*stages, "study"]:  # every stage takes the study's flags: one command line for all
             group = sub.add_argument_group(stage)
             for flag, key, kind, flag_help in STAGE_FLAGS[stage]:
                 if flag in offered:
@@ -143,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes", type=int, default=os.cpu_count() or 1, help="rendering processes (default: CPUs)"
     )
     prerender.add_argument("--force", action="store_true", help="render stored pages again too")
+    match = commands.add_parser(
+        "match",
+        help="Match the features of two analysed runs by activation correlation (splitting, universality).",
+        description="Match every feature of run A to its closest features in run B and back, by the "
+        "correlation of their activations on the same held-out tokens, and store the links (runs of "
+        "one model: dictionary sizes; of two models: universality).",
+    )
+    match.add_argument("--db", help="database URL (default: $DATABASE_URL, else runs/demo/monosemantic.db)")
+    match.add_argument(
+        "--run", action="append", dest="runs", metavar="SLUG", required=True, help="twice: A, then B"
+    )
+    match.add_argument("--tokens", type=int, help="held-out tokens to correlate over (default: as analysed)")
     serve = commands.add_parser(
         "serve", help="Serve the feature browser.", description="Serve the feature browser."
     )
@@ -166,7 +186,9 @@ def _sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ConfigError(f"--d-sae {text!r}: expected a number of features or a comma list of them") from None
+        raise ConfigError(
+            f"--d-sae {text!r}: expected a number of features or a comma list of them"
+        ) from None
     if not sizes:
         raise ConfigError("--d-sae: expected a number of features")
     return sizes
@@ -217,6 +239,21 @@ def _prerender(db_url: str | None, runs: list[str] | None, processes: int, force
     url = _existing_database(db_url)
     result = prerender(url, runs, processes=processes, force=force)
     print(result.summary())
+
+
+def _match(db_url: str | None, runs: list[str], n_tokens: int | None) -> None:
+    from trainer.match import match_runs
+    from trainer.store import open_database
+
+    if len(runs) != 2:
+        raise ConfigError(f"match takes two runs (--run A --run B), not {len(runs)}")
+    engine = open_database(_existing_database(db_url))
+    try:
+        for link in match_runs(engine, [(runs[0], runs[1])], n_tokens=n_tokens):
+            median = "n/a" if link.median is None else f"{link.median:.3f}"
+            print(f"{link.run_slug} -> {link.other_slug} ({link.relation}): median best-match r {median}")
+    finally:
+        engine.dispose()
 
 
 def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> int:
@@ -271,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args.db, args.host, args.port, args.workers)
         if args.command == "prerender":
             _prerender(args.db, args.runs, args.processes, args.force)
+            return 0
+        if args.command == "match":
+            _match(args.db, args.runs, args.tokens)
             return 0
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train-sae":
             raise ConfigError(f"only train-sae runs data-parallel under torchrun, not {args.command}")

@@ -367,6 +367,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# The demo's model and recipe with the paper's comparisons: four dictionary sizes on model A (feature
+# splitting) and model B from another seed with its own 4096-feature SAE (universality). Estimated
+# from the demo's stage times: about 26 minutes on 2 cores (README, "The study").
+PRESETS["study"] = PRESETS["demo"] | {"study": {"sizes": (512, 1024, 2048, 4096), "seed_b": 1}}
+
+
 def preset_config(name: str, **overrides: Any) -> RunConfig:
     """Build the RunConfig of a named preset; `overrides` maps 'stage.field' or 'field' to a value."""
     if name not in PRESETS:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,7 @@ from trainer.analysis.matching import (
 )
 from trainer.analysis.stream import Encode, autocast_context
 from trainer.model import OneLayerTransformer
-from trainer.schema import FeatureMatch, Run, RunLink, Token
+from trainer.schema import FeatureMatch, Run, RunLink, StoredPage, Token
 from trainer.tokenizer import load_token_split
 
 Progress = Callable[[str, int, int], None]
@@ -183,8 +183,12 @@ def _store_link(
             )
             .returning(RunLink.id)
         ).scalar_one()
+        # Their feature pages now show the link: pages stored before would hide it.
+        conn.execute(delete(StoredPage).where(StoredPage.run_id.in_([a.run_id, b.run_id])))
         for start in range(0, len(rows), 5000):
-            conn.execute(insert(FeatureMatch), [{**row, "link_id": link_id} for row in rows[start : start + 5000]])
+            conn.execute(
+                insert(FeatureMatch), [{**row, "link_id": link_id} for row in rows[start : start + 5000]]
+            )
     return StoredLink(a.slug, b.slug, relation, histogram["median"])  # type: ignore[arg-type]
 
 
@@ -242,7 +246,12 @@ def match_runs(
                 centred_b = b.logit_weights - b.logit_weights.mean(1, keepdim=True)
                 similarity = cosine_table(centred_a, centred_b)
         matchers.append(
-            (a, b, relation, PairMatcher(a.n_features, b.n_features, similarity, n_candidates, max_dense_pairs))
+            (
+                a,
+                b,
+                relation,
+                PairMatcher(a.n_features, b.n_features, similarity, n_candidates, max_dense_pairs),
+            )
         )
     for chunk in stream_activations(sides, tokens, n_ctx, tokens_per_batch, dtype):
         for a, b, _, matcher in matchers:
@@ -253,17 +262,3 @@ def match_runs(
         stored.append(_store_link(engine, a, b, result.a_to_b, relation, result.n_tokens))
         stored.append(_store_link(engine, b, a, result.b_to_a, relation, result.n_tokens))
     return stored
-
-
-def links_of(engine: Engine, slug: str) -> list[tuple[str, str]]:
-    """(other slug, relation) of every run linked to run `slug`."""
-    with Session(engine) as session:
-        run_id = session.scalars(select(Run.id).where(Run.slug == slug)).one_or_none()
-        if run_id is None:
-            return []
-        rows = session.execute(
-            select(Run.slug, RunLink.relation)
-            .join(RunLink, RunLink.other_run_id == Run.id)
-            .where(or_(RunLink.run_id == run_id))
-        ).all()
-    return [(str(s), str(r)) for s, r in rows]

@@ -17,9 +17,7 @@ from app.templating import render
 
 router = APIRouter(tags=["study"])
 
-OtherRun = Annotated[
-    str | None, Query(max_length=200, description="Only the model of this run (its slug).")
-]
+OtherRun = Annotated[str | None, Query(max_length=200, description="Only the model of this run (its slug).")]
 
 
 def _family(session: SessionDep, run: str, index: int) -> FamilyTree:
@@ -54,4 +52,4 @@ async def show_universality(
 ) -> Response:
     data = _universality(session, run, other)
     chart = family_charts.best_match_histograms(data.features, data.neurons)
-    return render(request, "universality.html", {"data": data, "chart": chart})
+    return render(request, "universality.html", {"data": data, "histogram_chart": chart})

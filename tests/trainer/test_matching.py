@@ -46,7 +46,9 @@ def test_candidate_correlation_equals_dense() -> None:
         dense.add(chunk_a, chunk_b)
         restricted.add(chunk_a, chunk_b)
     full = dense.correlation()
-    np.testing.assert_allclose(restricted.correlation().numpy(), full.gather(1, candidates).numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        restricted.correlation().numpy(), full.gather(1, candidates).numpy(), atol=1e-5
+    )
 
 
 def test_dead_feature_correlates_with_nothing() -> None:
@@ -147,8 +149,26 @@ def test_universality_recovers_a_permuted_copy() -> None:
     sides = [
         Side(1, "a-neurons", "neurons", "a", model_a, lambda x: x, eye, direct_a),
         Side(2, "b-neurons", "neurons", "b", model_b, lambda x: x, eye, direct_b),
-        Side(3, "a-sae", "sae", "a", model_a, sae_a.encode, sae_a.W_dec.detach(), sae_a.W_dec.detach() @ direct_a),
-        Side(4, "b-sae", "sae", "b", model_b, sae_b.encode, sae_b.W_dec.detach(), sae_b.W_dec.detach() @ direct_b),
+        Side(
+            3,
+            "a-sae",
+            "sae",
+            "a",
+            model_a,
+            sae_a.encode,
+            sae_a.W_dec.detach(),
+            sae_a.W_dec.detach() @ direct_a,
+        ),
+        Side(
+            4,
+            "b-sae",
+            "sae",
+            "b",
+            model_b,
+            sae_b.encode,
+            sae_b.W_dec.detach(),
+            sae_b.W_dec.detach() @ direct_b,
+        ),
     ]
     tokens = np.random.default_rng(0).integers(0, 300, 16 * 200)
     chunks = list(stream_activations(sides, tokens, 16, 512, "fp32"))
