@@ -302,7 +302,8 @@ def universality(session: Session, run: Run, other_slug: str | None = None) -> U
     same_model = list(
         session.scalars(select(Run).where(Run.model_name == run.model_name, Run.status == "complete"))
     )
-    features, neurons = [], []
+    features: list[BestMatchHistogram] = []
+    neurons: list[BestMatchHistogram] = []
     if message is None and has_match_tables(session):
         for mine in same_model:
             for link, other in _links(session, mine):
