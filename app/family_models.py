@@ -27,8 +27,8 @@ class MatchOut(BaseModel):
     label: str
     url: str
     activation_correlation: float
-    decoder_cosine: float | None = Field(None, description="Decoder cosine (same model only).")
-    logit_correlation: float | None = Field(None, description="Correlation of the logit weights.")
+    decoder_cosine: float | None = Field(default=None, description="Decoder cosine (same model only).")
+    logit_correlation: float | None = Field(default=None, description="Correlation of the logit weights.")
 
 
 class MatchGroup(BaseModel):
@@ -43,7 +43,7 @@ class MatchGroup(BaseModel):
 class FeatureMatches(BaseModel):
     sizes: list[MatchGroup] = Field(description="Dictionaries of other sizes (smallest first).")
     seeds: list[MatchGroup] = Field(description="Runs of models trained from other seeds.")
-    family_url: str | None = Field(None, description="The family tree across sizes, if any.")
+    family_url: str | None = Field(default=None, description="The family tree across sizes, if any.")
     universality_url: str | None = None
 
 
@@ -55,7 +55,7 @@ class FamilyNode(BaseModel):
     index: int
     label: str
     url: str
-    correlation: float | None = Field(None, description="Activation correlation with its parent.")
+    correlation: float | None = Field(default=None, description="Activation correlation with its parent.")
     on_path: bool = Field(description="On the path from the root to the feature asked for.")
 
 
@@ -86,5 +86,5 @@ class UniversalityView(BaseModel):
     neurons: list[BestMatchHistogram]
     paper_median_features: float = PAPER_MEDIAN_FEATURES
     paper_median_neurons: float = PAPER_MEDIAN_NEURONS
-    message: str | None = Field(None, description="Why nothing (or not the run asked for) is shown.")
+    message: str | None = Field(default=None, description="Why nothing (or not the run asked for) is shown.")
     url: str

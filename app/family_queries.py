@@ -8,7 +8,7 @@ matches" when the tables are missing (the read-only app never migrates).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, Literal
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Engine, inspect, select
@@ -95,7 +95,7 @@ def feature_matches(session: Session, run: Run, index: int) -> FeatureMatches | 
             )
             for row in rows
         ]
-        relation = "sizes" if link.relation == "sizes" else "seeds"
+        relation: Literal["sizes", "seeds"] = "sizes" if link.relation == "sizes" else "seeds"
         groups[relation].append(
             MatchGroup(relation=relation, run=linked_run(other), n_tokens=link.n_tokens, matches=matches)
         )

@@ -184,7 +184,7 @@ class FeatureDetail(BaseModel):
     next_index: int | None
     url: str
     matches: FeatureMatches | None = Field(
-        None, description="Best matches in dictionaries of other sizes and in other seeds' models."
+        default=None, description="Best matches in dictionaries of other sizes and in other seeds' models."
     )
 
 

@@ -117,6 +117,8 @@ def test_universality_histograms_for_features_and_neurons(client: TestClient) ->
     assert sum(features["counts"]) == features["n"] == 64 and -1 <= features["median"] <= 1
     page = client.get(f"/runs/{SMALL}/universality")
     assert page.status_code == 200 and 'id="chart-universality"' in page.text
+    summary = page.text[page.text.index('id="finding-universality"') :]
+    assert f"features <strong>{features['median']:.3g}" in summary and "(paper 0.72)" in summary
 
 
 def _add_run(path: Path, slug: str, d_in: int, vocabulary: list[bytes]) -> None:
