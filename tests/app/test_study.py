@@ -194,7 +194,7 @@ def test_family_view_and_b_match_link_in_a_browser(study: SimpleNamespace, clien
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             page = browser.new_page()
-            page.on("pageerror", errors.append)
+            page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(f"{base}/runs/{SMALL}/features/0")
             page.locator("a.b-match").click()
             expect(page).to_have_url(f"{base}{b_match['url']}")
