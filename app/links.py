@@ -52,3 +52,13 @@ def api_twin(path: str, query: str = "") -> str:
     """The JSON twin of an HTML page's path (the front page's twin is /api/runs)."""
     twin = f"{API}/runs" if path == "/" else f"{API}{path}"
     return f"{twin}?{query}" if query else twin
+
+
+def family_url(slug: str, index: int, api: bool = False) -> str:
+    """The family tree of a feature across dictionary sizes (feature splitting)."""
+    return f"{feature_url(slug, index, api)}/family"
+
+
+def universality_url(slug: str, api: bool = False, **params: QueryValue) -> str:
+    """Best-match correlations of a run's model against models trained from other seeds."""
+    return f"{run_url(slug, api)}/universality" + _query(params)

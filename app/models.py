@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
+from app.family_models import FeatureMatches
+
 SortKey = Literal["index", "density", "max_activation", "label"]
 SortOrder = Literal["asc", "desc"]
 SearchMode = Literal["exact", "prefix"]
@@ -223,6 +225,9 @@ class FeatureDetail(BaseModel):
     previous_index: int | None
     next_index: int | None
     url: str
+    matches: FeatureMatches | None = Field(
+        default=None, description="Best matches in dictionaries of other sizes and in other seeds' models."
+    )
 
 
 class SearchHit(BaseModel):

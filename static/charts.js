@@ -15,6 +15,9 @@
           const point = event.points && event.points[0];
           if (point && Number.isInteger(point.customdata)) {
             window.location.href = spec.link.replace("{index}", String(point.customdata));
+          } else if (point && typeof point.customdata === "string" && point.customdata.startsWith("/")) {
+            // A family tree's nodes live in several runs: each carries its own path.
+            window.location.href = point.customdata;
           }
         });
       }

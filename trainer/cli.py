@@ -10,7 +10,6 @@ import argparse
 import ast
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,12 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
     ],
     "train-sae": [
         ("--variant", "sae.variant", str, f"SAE variant: {', '.join(SAE_VARIANTS)}"),
-        ("--d-sae", "sae.d_sae", int, "number of SAE features"),
+        (
+            "--d-sae",
+            "sae.d_sae",
+            str,
+            "number of SAE features; a comma list (512,1024,...) trains one per size",
+        ),
         ("--l1-coefficient", "sae.l1_coefficient", float, "sparsity penalty (paper, l1_decnorm, jumprelu)"),
         ("--k", "sae.k", int, "active latents per token (topk, batchtopk)"),
         (
@@ -61,6 +65,16 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
         ),
     ],
     "evaluate": [("--eval-tokens", "eval.n_tokens", int, "held-out tokens to evaluate on")],
+    # The study (trainer/study.py): sizes and model B, offered by every stage's command.
+    "study": [
+        (
+            "--d-sae",
+            "sae.d_sae",
+            str,
+            "number of SAE features; a comma list (512,1024,...) trains one per size",
+        ),
+        ("--seed-b", "study.seed_b", int, "also train model B from this seed, for universality"),
+    ],
     "analyze": [("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse")],
     "prerender": [],
 }
@@ -131,9 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(sub)
         if name in MODEL_COMMANDS:
             _add_model_flags(sub)
-        for stage in stages:
+        offered: set[str] = set()
+        for stage in [*stages, "study"]:  # every stage takes the study's flags: one command line for all
             group = sub.add_argument_group(stage)
             for flag, key, kind, flag_help in STAGE_FLAGS[stage]:
+                if flag in offered:
+                    continue
+                offered.add(flag)
                 action = "append" if key == "corpus.sources" else "store"
                 group.add_argument(flag, dest=key, type=kind, action=action, help=flag_help)
         if name in ("evaluate", "analyze"):
@@ -184,6 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("file", metavar="FILE", help="the .jsonl or .jsonl.gz file")
     import_.add_argument("--db", required=True, help="database URL or SQLite file to import into")
     import_.add_argument("--run-name", help="the run's slug in the database (default: the file's)")
+    match = commands.add_parser(
+        "match",
+        help="Match the features of two analysed runs by activation correlation (splitting, universality).",
+        description="Match every feature of run A to its closest features in run B and back, by the "
+        "correlation of their activations on the same held-out tokens, and store the links (runs of "
+        "one model: dictionary sizes; of two models: universality).",
+    )
+    match.add_argument("--db", help="database URL (default: $DATABASE_URL, else runs/demo/monosemantic.db)")
+    match.add_argument(
+        "--run", action="append", dest="runs", metavar="SLUG", required=True, help="twice: A, then B"
+    )
+    match.add_argument("--tokens", type=int, help="held-out tokens to correlate over (default: as analysed)")
     serve = commands.add_parser(
         "serve", help="Serve the feature browser.", description="Serve the feature browser."
     )
@@ -203,6 +233,18 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--d-sae {text!r}: expected a number of features or a comma list of them"
+        ) from None
+    if not sizes:
+        raise ConfigError("--d-sae: expected a number of features")
+    return sizes
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -215,6 +257,11 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     for key, value in vars(args).items():
         if "." in key and value is not None:
             overrides[key] = tuple(value) if isinstance(value, list) else value
+    if isinstance(overrides.get("sae.d_sae"), str):  # --d-sae 512,1024: the first is the main size
+        sizes = _sizes(overrides["sae.d_sae"])
+        overrides["sae.d_sae"] = sizes[0]
+        if len(sizes) > 1:
+            overrides["study.sizes"] = sizes
     if args.out_dir:
         overrides["out_dir"] = args.out_dir
     overrides["db_url"] = args.db
@@ -275,6 +322,21 @@ def _exchange(args: argparse.Namespace) -> int:
     return 0
 
 
+def _match(db_url: str | None, runs: list[str], n_tokens: int | None) -> None:
+    from trainer.match import match_runs
+    from trainer.store import open_database
+
+    if len(runs) != 2:
+        raise ConfigError(f"match takes two runs (--run A --run B), not {len(runs)}")
+    engine = open_database(_existing_database(db_url))
+    try:
+        for link in match_runs(engine, [(runs[0], runs[1])], n_tokens=n_tokens):
+            median = "n/a" if link.median is None else f"{link.median:.3f}"
+            print(f"{link.run_slug} -> {link.other_slug} ({link.relation}): median best-match r {median}")
+    finally:
+        engine.dispose()
+
+
 def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> int:
     """Serve the app; with several workers (default MONOSEMANTIC_WORKERS, else min(2, CPUs)) each
     process builds its own app from the environment, so the database URL travels in DATABASE_URL."""
@@ -305,19 +367,10 @@ def _serve(db_url: str | None, host: str, port: int, workers: int | None = None)
 
 
 def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file: str | None = None) -> None:
-    from trainer import pipeline
+    from trainer.study import run_stage  # each stage, for every size and model of the study
 
-    actions: dict[str, Callable[[], Any]] = {
-        "corpus": lambda: pipeline.run_corpus(cfg),
-        "train-lm": lambda: pipeline.run_train_lm(cfg, resume=resume),
-        "harvest": lambda: pipeline.run_harvest(cfg, resume=resume),
-        "train-sae": lambda: pipeline.run_train_sae(cfg, resume=resume, activations_file=activations_file),
-        "evaluate": lambda: pipeline.run_evaluate(cfg),
-        "analyze": lambda: pipeline.run_analyze(cfg),
-        "prerender": lambda: pipeline.run_prerender(cfg),
-    }
     for stage in stages:
-        actions[stage]()
+        run_stage(cfg, stage, resume, activations_file)
 
 
 def check_model(cfg: RunConfig, need_hook: bool = True) -> None:
@@ -355,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command in ("export", "import"):
             return _exchange(args)
+        if args.command == "match":
+            _match(args.db, args.runs, args.tokens)
+            return 0
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train-sae":
             raise ConfigError(f"only train-sae runs data-parallel under torchrun, not {args.command}")
         cfg = config_from_args(args)

@@ -206,6 +206,22 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """The paper's comparisons (trainer/study.py): SAEs of several sizes on one model's activations
+    (feature splitting) and a model B trained from another seed with its own SAE (universality)."""
+
+    sizes: tuple[int, ...] = ()  # d_sae of every dictionary; () = only sae.d_sae
+    seed_b: int | None = None  # train model B from this seed (None: no model B)
+    match_tokens: int | None = None  # held-out tokens the correlations use; None: the analysed ones
+    n_matches: int = 3  # best matches stored per feature and other run
+
+    def __post_init__(self) -> None:
+        _check(all(size > 0 for size in self.sizes), "study.sizes must be positive")
+        _check(len(set(self.sizes)) == len(self.sizes), "study.sizes must not repeat a size")
+        _check(self.n_matches > 0, "study.n_matches must be positive")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     preset: str = "demo"
     out_dir: str = "runs/demo"
@@ -226,6 +242,7 @@ class RunConfig:
     sae: SAEConfig = field(default_factory=SAEConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     def __post_init__(self) -> None:
         _check(
@@ -381,6 +398,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# The demo's model and recipe with the paper's comparisons: four dictionary sizes on model A (feature
+# splitting) and model B from another seed with its own 4096-feature SAE (universality). Estimated
+# from the demo's stage times: about 26 minutes on 2 cores (README, "The study").
+PRESETS["study"] = PRESETS["demo"] | {"study": {"sizes": (512, 1024, 2048, 4096), "seed_b": 1}}
+
+
 def preset_config(name: str, **overrides: Any) -> RunConfig:
     """Build the RunConfig of a named preset; `overrides` maps 'stage.field' or 'field' to a value."""
     if name not in PRESETS:
@@ -390,7 +413,7 @@ def preset_config(name: str, **overrides: Any) -> RunConfig:
     top_fields = (
         {f.name for f in fields(RunConfig)}
         - set(stages)
-        - {"corpus", "tokenizer", "model", "lm", "harvest", "sae", "eval", "analysis"}
+        - {"corpus", "tokenizer", "model", "lm", "harvest", "sae", "eval", "analysis", "study"}
     )
     for key, value in overrides.items():
         if value is None:
@@ -417,6 +440,7 @@ def build_run_config(top: dict[str, Any], stages: dict[str, dict[str, Any]]) -> 
         "sae": SAEConfig,
         "eval": EvalConfig,
         "analysis": AnalysisConfig,
+        "study": StudyConfig,
     }
     built: dict[str, Any] = {}
     for stage, cls in classes.items():
@@ -442,7 +466,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    stage_names = {"corpus", "tokenizer", "model", "lm", "harvest", "sae", "eval", "analysis"}
+    stage_names = {"corpus", "tokenizer", "model", "lm", "harvest", "sae", "eval", "analysis", "study"}
     top = {k: v for k, v in data.items() if k not in stage_names}
     stages = {k: v for k, v in data.items() if k in stage_names}
     # Saved configs are complete: keep d_in / vocab_size exactly as written.

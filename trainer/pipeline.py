@@ -280,9 +280,9 @@ def _read_json(path: Path) -> Any:
 
 
 @timed("analyze")
-def run_analyze(cfg: RunConfig) -> tuple[int, int | None]:
-    """Analyse every SAE feature and every MLP neuron into the database (two runs; one, the SAE's,
-    at a hook whose coordinates are not neurons)."""
+def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
+    """Analyse every SAE feature and (unless `neurons` is False) every MLP neuron into the database
+    (two runs; one, the SAE's, at a hook whose coordinates are not neurons)."""
     from trainer.analyze import analyze_and_store, analyze_neurons_and_store
     from trainer.hooks import load_lm
     from trainer.sae import SparseAutoencoder
@@ -316,7 +316,7 @@ def run_analyze(cfg: RunConfig) -> tuple[int, int | None]:
         training_log={"sae": _read_json(cfg.sae_dir / "training_log.json") or {}, "lm": lm_log},
         corpus_manifest=manifest,
     )
-    if model.neuron_vectors() is None:
+    if not neurons or model.neuron_vectors() is None:
         print(f"analyze: wrote run '{cfg.slug}' to {cfg.database_url}")
         return sae_run, None
     neuron_run = analyze_neurons_and_store(

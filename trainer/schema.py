@@ -38,11 +38,12 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
 EXAMPLE_KINDS = ("top", "interval")
+LINK_RELATIONS = ("sizes", "seeds")
 
 
 class DatabaseError(RuntimeError):
@@ -230,6 +231,37 @@ class StoredPage(Base):
     body_gzip: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class RunLink(Base):
+    """Run `run_id`'s features matched to run `other_run_id`'s by activation correlation over the
+    same tokens: 'sizes' (one model, dictionaries of other sizes: feature splitting) or 'seeds'
+    (another model trained from another seed: universality). One row per direction."""
+
+    __tablename__ = "run_links"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    other_run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    relation: Mapped[str] = mapped_column(String(16))  # one of LINK_RELATIONS
+    n_tokens: Mapped[int] = mapped_column(Integer)  # tokens the correlations were computed over
+    # {"edges": [float], "counts": [int], "median", "mean", "n"}: best-match correlation per feature.
+    best_match_histogram: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FeatureMatch(Base):
+    """One of a feature's best matches in the other run of a RunLink (rank 0 = best)."""
+
+    __tablename__ = "feature_matches"
+    link_id: Mapped[int] = mapped_column(ForeignKey("run_links.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)
+    other_index: Mapped[int] = mapped_column(Integer)
+    activation_correlation: Mapped[float] = mapped_column(Float)
+    decoder_cosine: Mapped[float | None] = mapped_column(Float, default=None)  # 'sizes' only
+    logit_correlation: Mapped[float | None] = mapped_column(Float, default=None)  # logit weights
+
+    __table_args__ = (Index("ix_feature_matches_other", "link_id", "other_index", "rank"),)
+
+
 # ----------------------------------------------------------------------------- arrays
 
 
@@ -352,10 +384,16 @@ def _add_findings_tables(conn: Connection) -> None:
         table.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _add_feature_matches(conn: Connection) -> None:
+    for table in (RunLink, FeatureMatch):
+        table.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_stored_pages,
     2: _add_feature_map,
     3: _add_findings_tables,
+    4: _add_feature_matches,
 }
 
 

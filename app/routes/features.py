@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from app import charts, queries
+from app import charts, family_queries, queries
 from app.deps import SessionDep
 from app.models import FeatureDetail
 from app.responses import RUN_RESPONSES
@@ -20,7 +20,10 @@ FeatureIndex = Annotated[int, Path(ge=0, le=100_000_000, description="The featur
 
 
 def _feature(session: SessionDep, run: str, index: int) -> FeatureDetail:
-    return queries.get_feature(session, queries.get_run(session, run), index)
+    record = queries.get_run(session, run)
+    detail = queries.get_feature(session, record, index)
+    detail.matches = family_queries.feature_matches(session, record, index)
+    return detail
 
 
 @router.get("/api/runs/{run}/features/{index}", response_model=FeatureDetail, responses=RUN_RESPONSES)
