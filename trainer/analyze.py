@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from trainer.analysis.feature_map import feature_map
+from trainer.analysis.interpretability import InterpretabilityResult, interpret_units
 from trainer.analysis.rows import (
     concat_windows,
     density_histogram,
@@ -41,6 +42,7 @@ from trainer.model import OneLayerTransformer
 from trainer.schema import (
     Example,
     Feature,
+    Interpretation,
     Token,
     TokenFeature,
     display_token,
@@ -94,6 +96,7 @@ class RunAnalysis:
     density_histogram: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     cache_bytes: int = 0
+    interpretability: InterpretabilityResult | None = None
 
 
 def usable_tokens(val_tokens: np.ndarray, cfg: AnalysisConfig, n_ctx: int) -> np.ndarray:
@@ -191,10 +194,27 @@ def analyze_run(
             step = _stage("analysis: examples", n_batches, progress)
             fill_window_activations(both, _tracked(cache, step), n_features)
             timings["examples"] = time.perf_counter() - t0
+
+            # Passes 4-5: automatic interpretability, explained on even contexts, scored on odd ones.
+            t0 = time.perf_counter()
+            n_top = int(top_windows.features.numel())
+            interpretability = interpret_units(
+                cache,
+                tokens,
+                n_ctx,
+                vocab,
+                stats.token_activation_sum,
+                both.head(n_top),
+                basis.decoder,
+                model.direct_logit_weights().detach(),
+                cfg,
+                texts,
+                log=lambda line: tqdm.write(f"{basis.kind}: {line}"),
+            )
+            timings["interpretability"] = time.perf_counter() - t0
             cache_bytes = cache.n_bytes
 
         t0 = time.perf_counter()
-        n_top = int(top_windows.features.numel())
         examples = example_rows(both, tokens, cfg, n_top)
         features = feature_rows(
             model.direct_logit_weights().detach(),
@@ -226,6 +246,7 @@ def analyze_run(
         density_histogram(density, len(tokens)),
         timings,
         cache_bytes,
+        interpretability,
     )
 
 
@@ -290,6 +311,7 @@ def _store(
                 (Feature, analysis.features),
                 (TokenFeature, analysis.token_features),
                 (Example, analysis.examples),
+                (Interpretation, analysis.interpretability.rows if analysis.interpretability else []),
             ]
             step = _stage("database: write", sum(len(rows) for _, rows in tables), progress, unit="row")
             for table, rows in tables:

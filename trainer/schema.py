@@ -38,7 +38,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
@@ -186,6 +186,29 @@ class TokenFeature(Base):
     count: Mapped[int] = mapped_column(Integer)  # occurrences on which the feature fired
 
 
+class Interpretation(Base):
+    """A unit's automatic explanation and its interpretability scores (trainer/analysis/interpretability.py).
+
+    `explainer` is 'local' (built from token statistics) or 'llm' (a language model's, scored by
+    the same local simulation). Scores are None where undefined (a unit silent on the scoring split).
+    """
+
+    __tablename__ = "interpretations"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    explainer: Mapped[str] = mapped_column(String(16), primary_key=True)
+    explanation: Mapped[str] = mapped_column(Text)  # one line a person can read
+    # {"tokens": [{"token_id", "weight"}], "contexts": [{"previous_id" (None: context start),
+    #  "token_id", "weight"}], "rest": float, "model"?: str}: what the simulation plays.
+    rules: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # correlation, all scoring tokens
+    score_top_random: Mapped[float | None] = mapped_column(Float, default=None)  # top windows + random
+    logit_score: Mapped[float | None] = mapped_column(
+        Float, default=None
+    )  # next-token percentile, 0.5 chance
+    logit_top_fraction: Mapped[float | None] = mapped_column(Float, default=None)
+
+
 class StoredPage(Base):
     """A page of a complete run rendered ahead of time by `monosemantic prerender`: the exact
     body the app would send for `path` (no query string), gzip-compressed.
@@ -312,7 +335,15 @@ def _add_feature_map(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE {Feature.__tablename__} ADD COLUMN {column} FLOAT"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_stored_pages, 2: _add_feature_map}
+def _add_interpretations(conn: Connection) -> None:
+    Interpretation.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _add_stored_pages,
+    2: _add_feature_map,
+    3: _add_interpretations,
+}
 
 
 def read_schema_version(engine: Engine) -> int | None:

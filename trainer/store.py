@@ -25,6 +25,7 @@ from trainer.schema import (
     DatabaseError,
     Example,
     Feature,
+    Interpretation,
     Run,
     Token,
     TokenFeature,
@@ -35,7 +36,7 @@ from trainer.schema import (
 )
 
 PENDING_MARK = "~pending-"
-CHILD_TABLES = (Example, TokenFeature, Token, Feature)
+CHILD_TABLES = (Example, TokenFeature, Token, Interpretation, Feature)
 
 
 def open_database(url: str) -> Engine:
