@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app import queries
 from app.cache import ResponseCacheMiddleware, app_version
 from app.errors import install_error_handlers
-from app.routes import features, health, inference, runs, search, steer
+from app.routes import features, health, inference, interpretability, runs, search, steer
 from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
 from app.static import CachedStaticFiles, gzipped_file
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = build_templates(app.state.app_version)
     app.state.schema_version = None
     app.state.stored_pages = False
-    for module in (runs, features, search, inference, steer, health):
+    for module in (runs, features, interpretability, search, inference, steer, health):
         app.include_router(module.router)
     # The vendor mount comes first: Starlette matches mounts in order.
     app.mount(

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from app.interpretability import InterpretationOut
+
 SortKey = Literal["index", "density", "max_activation", "label"]
 SortOrder = Literal["asc", "desc"]
 SearchMode = Literal["exact", "prefix"]
@@ -181,6 +183,9 @@ class FeatureDetail(BaseModel):
     previous_index: int | None
     next_index: int | None
     url: str
+    interpretations: list[InterpretationOut] = Field(
+        default_factory=list, description="Automatic explanations with their interpretability scores."
+    )
 
 
 class SearchHit(BaseModel):

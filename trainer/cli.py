@@ -61,7 +61,18 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
         ),
     ],
     "evaluate": [("--eval-tokens", "eval.n_tokens", int, "held-out tokens to evaluate on")],
-    "analyze": [("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse")],
+    "analyze": [
+        ("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse"),
+        (
+            "--llm-url",
+            "analysis.llm_url",
+            str,
+            "an OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) that writes explanations too",
+        ),
+        ("--llm-model", "analysis.llm_model", str, "the model the --llm-url endpoint should use"),
+        ("--llm-max-units", "analysis.llm_max_units", int, "units per run the LLM explains (0: all)"),
+        ("--llm-key", "llm_key", str, "API key for --llm-url (else $MONOSEMANTIC_LLM_KEY; never stored)"),
+    ],
     "prerender": [],
 }
 
@@ -259,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train-sae":
             raise ConfigError(f"only train-sae runs data-parallel under torchrun, not {args.command}")
         cfg = config_from_args(args)
+        if getattr(args, "llm_key", None):  # for this process only: the key is never in the config
+            os.environ["MONOSEMANTIC_LLM_KEY"] = args.llm_key
         run_stages(cfg, SUBCOMMANDS[args.command][1], args.resume, getattr(args, "activations_file", None))
         if args.command == "demo":
             print(f"demo finished; artifacts in {cfg.root}/, database {cfg.database_url}")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from app import charts, queries
+from app import charts, interpretability, queries
 from app.deps import SessionDep
 from app.models import FeatureDetail
 from app.routes.runs import RunSlug
@@ -19,7 +19,10 @@ FeatureIndex = Annotated[int, Path(ge=0, le=100_000_000, description="The featur
 
 
 def _feature(session: SessionDep, run: str, index: int) -> FeatureDetail:
-    return queries.get_feature(session, queries.get_run(session, run), index)
+    record = queries.get_run(session, run)
+    data = queries.get_feature(session, record, index)
+    data.interpretations = interpretability.feature_interpretations(session, record, index)
+    return data
 
 
 @router.get("/api/runs/{run}/features/{index}", response_model=FeatureDetail)

@@ -151,3 +151,149 @@ def test_moment_scores_equal_a_brute_force_simulation() -> None:
     expl2, _ = local_explanations(batches2, split, stats2, 5, cfg.explain_tokens, cfg.explain_contexts)
     assert torch.equal(expl.token_ids, expl2.token_ids) and torch.equal(expl.pairs, expl2.pairs)
     assert torch.allclose(expl.token_weights, expl2.token_weights)
+
+
+# ---------------------------------------------------------------------------- LLM explainer
+
+
+class FakeChat:
+    """A chat-completions server on localhost, in a thread: `reply(body) -> (status, payload)`."""
+
+    def __init__(self, reply) -> None:
+        import http.server
+        import json
+        import threading
+
+        self.requests: list[tuple[dict, dict]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((dict(self.headers), body))
+                status, payload = reply(body)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def chat(content: str) -> dict:
+    return {"choices": [{"message": {"role": "assistant", "content": content}}]}
+
+
+def llm_config(url: str, **overrides: object) -> AnalysisConfig:
+    values: dict[str, object] = dict(
+        llm_url=url, llm_model="fake-1", llm_max_units=3, llm_retries=1, llm_timeout=5
+    )
+    values.update(overrides)
+    return config(**values)
+
+
+def test_llm_explanations_are_scored_by_the_same_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    def reply(body: dict) -> tuple[int, dict]:
+        unit = int(body["messages"][1]["content"].split()[1].rstrip("."))
+        if unit == MONO:
+            answer = {
+                "explanation": "the word t7",
+                "tokens": [{"token": "t7", "weight": 10}, {"token": "nope", "weight": 3}],
+            }
+        elif unit == MIXTURE:
+            answer = {
+                "explanation": "t0 and t1",
+                "tokens": [{"token": "t0", "weight": 5}, {"token": "t1", "weight": 5}],
+            }
+        else:
+            answer = {
+                "explanation": "t7 after t9",
+                "contexts": [{"previous": "t9", "token": "t7", "weight": 8}],
+            }
+        return 200, chat("```json\n" + json.dumps(answer) + "\n```")
+
+    server = FakeChat(reply)
+    monkeypatch.setenv("MONOSEMANTIC_LLM_KEY", "sk-test")
+    try:
+        result = run(llm_config(server.url))
+    finally:
+        server.close()
+    headers, body = server.requests[0]
+    assert headers["Authorization"] == "Bearer sk-test" and body["model"] == "fake-1"
+    assert '"t7"' in body["messages"][1]["content"]  # explanation-split evidence was shown
+    llm = by_unit(result, "llm")
+    assert sorted(llm) == [MONO, MIXTURE, CONTEXT]  # llm_max_units: the first three living units
+    assert llm[MONO]["explanation"] == "the word t7" and llm[MONO]["score"] > 0.99
+    assert llm[MONO]["rules"]["tokens"] == [{"token_id": WORD, "weight": 10.0}]
+    assert llm[MIXTURE]["score"] < 0.5
+    assert llm[CONTEXT]["score"] > 0.99
+    assert len(by_unit(result)) == 5  # the local explanations are all still there
+    assert result.summary["llm"]["n_explained"] == 3
+
+
+def test_llm_failures_are_reported_and_lose_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+
+    def reply(body: dict) -> tuple[int, object]:
+        calls["n"] += 1
+        unit = int(body["messages"][1]["content"].split()[1].rstrip("."))
+        if unit == MONO:
+            return 200, chat("I think it is about t7")  # not JSON
+        if unit == MIXTURE and calls["n"] < 4:
+            return 503, {"error": "busy"}  # retried, then fine
+        if unit == MIXTURE:
+            return 200, chat('{"explanation": "t3", "tokens": [{"token": "t3", "weight": 1}]}')
+        return 200, b"not a completion"
+
+    server = FakeChat(reply)
+    monkeypatch.delenv("MONOSEMANTIC_LLM_KEY", raising=False)
+    try:
+        result = run(llm_config(server.url, llm_retries=2))
+    finally:
+        server.close()
+    assert "Authorization" not in server.requests[0][0]
+    assert sorted(by_unit(result, "llm")) == [MIXTURE]
+    summary = result.summary["llm"]
+    assert summary["n_explained"] == 1 and summary["n_failed"] == 2
+    assert "not JSON" in summary["first_error"]
+    assert len(by_unit(result)) == 5
+
+
+def test_an_unreachable_endpoint_is_given_up_on_quickly() -> None:
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.perf_counter()
+    result = run(llm_config(f"http://127.0.0.1:{port}/v1", llm_max_units=0, llm_retries=0))
+    assert time.perf_counter() - started < 30
+    summary = result.summary["llm"]
+    assert summary["n_explained"] == 0 and summary["n_failed"] == 3  # then it stopped calling
+    assert "unreachable" in summary["first_error"]
+    assert len(by_unit(result)) == 5
+
+
+def test_llm_settings_are_checked() -> None:
+    from trainer.analysis.llm_explainer import LLMEndpoint
+
+    with pytest.raises(ValueError, match="llm_model"):
+        LLMEndpoint.from_settings("http://127.0.0.1:1/v1", None, 5, 0)
+    with pytest.raises(ValueError, match="http"):
+        LLMEndpoint.from_settings("file:///etc/passwd", "m", 5, 0)
+    assert LLMEndpoint.from_settings(None, None, 5, 0) is None
+    assert LLMEndpoint("http://h/v1/", "m").chat_url == "http://h/v1/chat/completions"
