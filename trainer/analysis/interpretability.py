@@ -580,7 +580,7 @@ def _evidence(
             if pair >= 0:
                 prev, cur = divmod(pair, vocab)
                 contexts.append(("" if prev >= vocab else text(prev), text(cur), w))
-        windows = []
+        windows: list[tuple[str, str, str, float]] = []
         for position, value in zip(
             stats.explain_top.positions[unit].tolist(), stats.explain_top.scores[unit].tolist(), strict=True
         ):
