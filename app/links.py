@@ -48,6 +48,10 @@ def steer_url(slug: str, api: bool = False, **params: QueryValue) -> str:
     return f"{run_url(slug, api)}/steer" + _query(params)
 
 
+def interpretability_url(slug: str, api: bool = False) -> str:
+    return f"{run_url(slug, api)}/interpretability"
+
+
 def api_twin(path: str, query: str = "") -> str:
     """The JSON twin of an HTML page's path (the front page's twin is /api/runs)."""
     twin = f"{API}/runs" if path == "/" else f"{API}{path}"

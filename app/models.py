@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.family_models import FeatureMatches
+from app.interpretability import InterpretationOut
 
 SortKey = Literal["index", "density", "max_activation", "label"]
 SortOrder = Literal["asc", "desc"]
@@ -227,6 +228,9 @@ class FeatureDetail(BaseModel):
     url: str
     matches: FeatureMatches | None = Field(
         default=None, description="Best matches in dictionaries of other sizes and in other seeds' models."
+    )
+    interpretations: list[InterpretationOut] = Field(
+        default_factory=list, description="Automatic explanations with their interpretability scores."
     )
 
 

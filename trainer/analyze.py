@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from trainer.analysis.ablation import ablation_effects, ablation_summary, effect_rows
 from trainer.analysis.feature_map import feature_map
+from trainer.analysis.interpretability import InterpretabilityResult, interpret_units
 from trainer.analysis.rows import (
     concat_windows,
     density_histogram,
@@ -44,6 +45,7 @@ from trainer.schema import (
     Example,
     ExampleEffect,
     Feature,
+    Interpretation,
     RunFinding,
     Token,
     TokenFeature,
@@ -109,6 +111,7 @@ class RunAnalysis:
     findings: dict[str, dict[str, Any]] = field(default_factory=dict)  # RunFinding data by key
     timings: dict[str, float] = field(default_factory=dict)
     cache_bytes: int = 0
+    interpretability: InterpretabilityResult | None = None
 
 
 def usable_tokens(val_tokens: np.ndarray, cfg: AnalysisConfig, n_ctx: int) -> np.ndarray:
@@ -226,6 +229,23 @@ def analyze_run(
             else:  # ablations run on our own model only (yet): NaN, not computed
                 effects = torch.full(top_windows.valid.shape, float("nan"))
             timings["ablations"] = time.perf_counter() - t0
+            # Passes 5-6: automatic interpretability, explained on even contexts, scored on odd ones.
+            t0 = time.perf_counter()
+            n_top = int(top_windows.features.numel())
+            interpretability = interpret_units(
+                cache,
+                tokens,
+                n_ctx,
+                vocab,
+                stats.token_activation_sum,
+                both.head(n_top),
+                basis.decoder,
+                lm.logit_weights().detach(),
+                cfg,
+                texts,
+                log=lambda line: tqdm.write(f"{basis.kind}: {line}"),
+            )
+            timings["interpretability"] = time.perf_counter() - t0
             cache_bytes = cache.n_bytes
 
         t0 = time.perf_counter()
@@ -264,6 +284,7 @@ def analyze_run(
         findings,
         timings,
         cache_bytes,
+        interpretability,
     )
 
 
@@ -336,6 +357,7 @@ def _store(
                 (Example, analysis.examples),
                 (ExampleEffect, analysis.effects),
                 (RunFinding, [{"key": key, "data": data} for key, data in analysis.findings.items()]),
+                (Interpretation, analysis.interpretability.rows if analysis.interpretability else []),
             ]
             step = _stage("database: write", sum(len(rows) for _, rows in tables), progress, unit="row")
             for table, rows in tables:

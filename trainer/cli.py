@@ -75,7 +75,18 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
         ),
         ("--seed-b", "study.seed_b", int, "also train model B from this seed, for universality"),
     ],
-    "analyze": [("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse")],
+    "analyze": [
+        ("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse"),
+        (
+            "--llm-url",
+            "analysis.llm_url",
+            str,
+            "an OpenAI-compatible endpoint (e.g. http://localhost:8080/v1) that writes explanations too",
+        ),
+        ("--llm-model", "analysis.llm_model", str, "the model the --llm-url endpoint should use"),
+        ("--llm-max-units", "analysis.llm_max_units", int, "units per run the LLM explains (0: all)"),
+        ("--llm-key", "llm_key", str, "API key for --llm-url (else $MONOSEMANTIC_LLM_KEY; never stored)"),
+    ],
     "prerender": [],
 }
 
@@ -414,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train-sae":
             raise ConfigError(f"only train-sae runs data-parallel under torchrun, not {args.command}")
         cfg = config_from_args(args)
+        if getattr(args, "llm_key", None):  # for this process only: the key is never in the config
+            os.environ["MONOSEMANTIC_LLM_KEY"] = args.llm_key
         if cfg.sae_path:
             from trainer.pipeline import check_sae_path
 

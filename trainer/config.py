@@ -197,11 +197,30 @@ class AnalysisConfig:
     n_token_features: int = 8  # per vocabulary token: the features kept in the search index
     dtype: ComputeDtype = "bf16"  # model + SAE forward in the analysis stream
     seed: int = 0  # interval-sample reservoirs
+    # Automatic interpretability (trainer/analysis/interpretability.py): what a local explanation
+    # lists, and the optional language-model explainer (off unless llm_url is set; key from the
+    # environment, never stored).
+    explain_tokens: int = 10
+    explain_contexts: int = 5
+    explain_candidates: int = 16  # top explanation-split positions whose contexts are candidates
+    llm_url: str | None = None  # an OpenAI-compatible endpoint, e.g. http://localhost:8080/v1
+    llm_model: str | None = None
+    llm_max_units: int = 100  # units per run explained by the model (0: all)
+    llm_timeout: float = 30.0  # seconds per request
+    llm_retries: int = 2
 
     def __post_init__(self) -> None:
         _check(
             self.context_before + self.context_after + 1 >= 32 or self.n_tokens < 10_000,
             "analysis context must hold at least 32 tokens",
+        )
+        _check(
+            self.explain_tokens >= 1 and self.explain_contexts >= 0 and self.explain_candidates >= 1,
+            "analysis.explain_tokens and explain_candidates must be >= 1, explain_contexts >= 0",
+        )
+        _check(
+            self.llm_timeout > 0 and self.llm_retries >= 0,
+            "analysis.llm_timeout must be > 0, llm_retries >= 0",
         )
 
 

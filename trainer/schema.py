@@ -38,7 +38,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
@@ -212,6 +212,29 @@ class RunFinding(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Interpretation(Base):
+    """A unit's automatic explanation and its interpretability scores (trainer/analysis/interpretability.py).
+
+    `explainer` is 'local' (built from token statistics) or 'llm' (a language model's, scored by
+    the same local simulation). Scores are None where undefined (a unit silent on the scoring split).
+    """
+
+    __tablename__ = "interpretations"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    explainer: Mapped[str] = mapped_column(String(16), primary_key=True)
+    explanation: Mapped[str] = mapped_column(Text)  # one line a person can read
+    # {"tokens": [{"token_id", "weight"}], "contexts": [{"previous_id" (None: context start),
+    #  "token_id", "weight"}], "rest": float, "model"?: str}: what the simulation plays.
+    rules: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # correlation, all scoring tokens
+    score_top_random: Mapped[float | None] = mapped_column(Float, default=None)  # top windows + random
+    logit_score: Mapped[float | None] = mapped_column(
+        Float, default=None
+    )  # next-token percentile, 0.5 chance
+    logit_top_fraction: Mapped[float | None] = mapped_column(Float, default=None)
 
 
 class StoredPage(Base):
@@ -389,11 +412,16 @@ def _add_feature_matches(conn: Connection) -> None:
         table.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _add_interpretations(conn: Connection) -> None:
+    Interpretation.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_stored_pages,
     2: _add_feature_map,
     3: _add_findings_tables,
     4: _add_feature_matches,
+    5: _add_interpretations,
 }
 
 

@@ -26,6 +26,7 @@ from trainer.schema import (
     Example,
     ExampleEffect,
     Feature,
+    Interpretation,
     Run,
     RunFinding,
     Token,
@@ -37,7 +38,7 @@ from trainer.schema import (
 )
 
 PENDING_MARK = "~pending-"
-CHILD_TABLES = (ExampleEffect, RunFinding, Example, TokenFeature, Token, Feature)
+CHILD_TABLES = (ExampleEffect, RunFinding, Example, TokenFeature, Token, Interpretation, Feature)
 
 
 def open_database(url: str) -> Engine:

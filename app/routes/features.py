@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from app import charts, family_queries, queries
+from app import charts, family_queries, interpretability, queries
 from app.deps import SessionDep
 from app.models import FeatureDetail
 from app.responses import RUN_RESPONSES
@@ -23,6 +23,7 @@ def _feature(session: SessionDep, run: str, index: int) -> FeatureDetail:
     record = queries.get_run(session, run)
     detail = queries.get_feature(session, record, index)
     detail.matches = family_queries.feature_matches(session, record, index)
+    detail.interpretations = interpretability.feature_interpretations(session, record, index)
     return detail
 
 

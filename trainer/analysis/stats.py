@@ -111,6 +111,17 @@ class Windows:
     def positions(self) -> torch.Tensor:
         return self.start.unsqueeze(1) + torch.arange(self.valid.shape[1])
 
+    def head(self, n: int) -> Windows:
+        """The first n windows."""
+        return Windows(
+            self.features[:n],
+            self.bands[:n],
+            self.focus[:n],
+            self.start[:n],
+            self.valid[:n],
+            self.activations[:n],
+        )
+
 
 def make_windows(
     features: torch.Tensor, bands: torch.Tensor, focus: torch.Tensor, n_tokens: int, before: int, after: int
