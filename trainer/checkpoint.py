@@ -7,6 +7,8 @@ over the target, so a kill -9 leaves either the old file or the new one, never h
 from __future__ import annotations
 
 import os
+import pickle  # nosec B403: only for its UnpicklingError; loading goes through torch's restricted unpickler
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -58,12 +60,32 @@ def load_training_state(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain data (dict, list, tuple, str, numbers) only, which is all
+        # a training state holds; a pickle naming any other global (a crafted file that would run
+        # code on load) is refused by torch's restricted unpickler before anything runs.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors and plain data (it names "
+                f"{refused.group(1)}); refused, since loading it could run code: delete it unless "
+                "you wrote it yourself with trusted code"
+            ) from exc
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated (not a pickle of tensors and plain data); "
+            "delete it to start over"
+        ) from exc
     except Exception as exc:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {_first_line(exc)}); "
             "delete it to start over"
         ) from exc
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"checkpoint {path} is not a training state written by this tool")
     return state
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
