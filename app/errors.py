@@ -48,7 +48,7 @@ async def handle_not_found(request: Request, exc: Exception) -> Response:
 
 
 async def handle_validation(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+    assert isinstance(exc, RequestValidationError)  # nosec B101  # for mypy; registered for this type only
     if is_api(request):
         return await request_validation_exception_handler(request, exc)
     messages = [
@@ -59,7 +59,7 @@ async def handle_validation(request: Request, exc: Exception) -> Response:
 
 
 async def handle_http(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
+    assert isinstance(exc, StarletteHTTPException)  # nosec B101  # for mypy; registered for this type only
     if is_api(request) or exc.status_code not in (400, 404, 405, 413, 422):
         return await http_exception_handler(request, exc)
     detail = (

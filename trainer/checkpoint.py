@@ -7,7 +7,7 @@ over the target, so a kill -9 leaves either the old file or the new one, never h
 from __future__ import annotations
 
 import os
-import pickle  # nosec B403: only for its UnpicklingError; loading goes through torch's restricted unpickler
+import pickle  # nosec B403  # only for its UnpicklingError; loading goes through torch's restricted unpickler
 import re
 import tempfile
 from pathlib import Path

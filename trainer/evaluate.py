@@ -106,13 +106,13 @@ def evaluate_sae(
         idx, targets = chunk[:, :-1], chunk[:, 1:]
         tokens = idx.numel()
         clean = model(idx, targets, return_mlp_post=True)
-        assert clean.loss is not None and clean.mlp_post is not None
+        assert clean.loss is not None and clean.mlp_post is not None  # nosec B101  # narrows the type for mypy; never false
         x = clean.mlp_post.float().reshape(-1, d_in)  # [tokens, d_in]
         x_hat, f = sae(x)
         reconstruction = x_hat.reshape(clean.mlp_post.shape)
         with_sae = model(idx, targets, mlp_replacement=functools.partial(_replace_with, reconstruction))
         zero = model(idx, targets, mlp_replacement=torch.zeros_like)
-        assert with_sae.loss is not None and zero.loss is not None
+        assert with_sae.loss is not None and zero.loss is not None  # nosec B101  # narrows the type for mypy; never false
         # Losses are means over a batch's tokens: weight them by its token count.
         ce["clean"] += float(clean.loss) * tokens
         ce["sae"] += float(with_sae.loss) * tokens

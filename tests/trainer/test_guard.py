@@ -52,7 +52,7 @@ def test_lm_divergence_stops_at_its_step_and_resume_from_the_checkpoint_works(tm
 
 class _RunsCode:
     def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (os.system, (f"touch {self.marker}",))  # nosec B605: the payload the loader must refuse
+        return (os.system, (f"touch {self.marker}",))  # the payload the loader must refuse
 
     def __init__(self, marker: Path) -> None:
         self.marker = marker
