@@ -6,6 +6,8 @@ over the target, so a kill -9 leaves either the old file or the new one, never h
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import pickle  # nosec B403  # only for its UnpicklingError; loading goes through torch's restricted unpickler
 import re
@@ -24,16 +26,54 @@ class CheckpointError(RuntimeError):
 def _atomic_replace(path: Path, write: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_orphans(path)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp_name)
         with open(tmp_name, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _out_of_space(exc, path.parent)  # before the unlink frees the space again
         Path(tmp_name).unlink(missing_ok=True)
+        if full:
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left to write {path}; its previous version is kept: free some space "
+                "and run the same command with --resume",
+            ) from exc
         raise
+
+
+def _out_of_space(exc: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of disk: ENOSPC and kin, or (torch.save reports a full disk
+    as a RuntimeError of its zip writer) any write error with almost nothing left free."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize < 1 << 20
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete the temporary files of earlier writes of `path` whose process is gone (killed
+    mid-write: kill -9 leaves no chance to clean up), so repeated kills do not fill the disk."""
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = orphan.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            orphan.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
