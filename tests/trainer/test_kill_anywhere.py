@@ -181,7 +181,7 @@ def test_kill_minus_nine_anywhere_then_resume(
     assert final.exit_code == 0, _log_tail(cfg, runner)
     check_checkpoints(stage, cfg, {}, f"{stage} after resuming")
     assert set(check_database(run_dir)) == set(check_database(reference.done))
-    assert_same_result(stage, reference.done, run_dir)
+    assert_same_result(stage, kill_config(reference.done, reference.corpus), cfg)
     assert not list(run_dir.rglob("*.tmp")), "temporary files of killed writes were left behind"
 
 
@@ -233,26 +233,26 @@ def check_database(run_dir: Path) -> dict[str, int]:
     return {slug: run_id for slug, run_id, _ in complete}
 
 
-def assert_same_result(stage: str, expected: Path, actual: Path) -> None:
+def assert_same_result(stage: str, expected: RunConfig, actual: RunConfig) -> None:
     if stage == "train-lm":
-        _same_tensors(expected / "lm" / "model.safetensors", actual / "lm" / "model.safetensors")
-        assert _json(expected / "lm" / "training_log.json") == _json(actual / "lm" / "training_log.json")
+        _same_tensors(expected.lm_dir / "model.safetensors", actual.lm_dir / "model.safetensors")
+        assert _json(expected.lm_dir / "training_log.json") == _json(actual.lm_dir / "training_log.json")
     elif stage == "harvest":
-        names = sorted(p.name for p in (expected / "activations").iterdir())
-        assert names == sorted(p.name for p in (actual / "activations").iterdir())
+        names = sorted(p.name for p in expected.activations_dir.iterdir())
+        assert names == sorted(p.name for p in actual.activations_dir.iterdir())
         for name in names:
-            assert (expected / "activations" / name).read_bytes() == (
-                actual / "activations" / name
+            assert (expected.activations_dir / name).read_bytes() == (
+                actual.activations_dir / name
             ).read_bytes()
     elif stage == "train-sae":
         _same_tensors(
-            expected / "sae" / "sae_weights.safetensors", actual / "sae" / "sae_weights.safetensors"
+            expected.sae_dir / "sae_weights.safetensors", actual.sae_dir / "sae_weights.safetensors"
         )
-        assert _json(expected / "sae" / "training_log.json") == _json(actual / "sae" / "training_log.json")
+        assert _json(expected.sae_dir / "training_log.json") == _json(actual.sae_dir / "training_log.json")
     elif stage == "analyze":
-        assert _analysis(expected) == _analysis(actual)
+        assert _analysis(expected.root) == _analysis(actual.root)
     else:
-        assert _pages(expected) == _pages(actual)
+        assert _pages(expected.root) == _pages(actual.root)
 
 
 def _json(path: Path) -> Any:
