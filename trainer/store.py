@@ -145,19 +145,8 @@ def pending_run(engine: Engine, slug: str, **fields: Any) -> Iterator[int]:
             mark_failed(engine, run_id, f"{type(exc).__name__}: {exc}")
         except SQLAlchemyError:
             pass  # the original error matters more than the bookkeeping one
-        if _disk_full(exc):
-            raise DatabaseError(
-                f"the database's disk is full: run {slug!r} was not published and the runs already "
-                "there are intact; free some space and run the same command again"
-            ) from exc
         raise
     publish_run(engine, run_id, slug)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """SQLite's SQLITE_FULL or PostgreSQL's disk_full (SQLSTATE 53100)."""
-    orig = getattr(exc, "orig", None)
-    return "database or disk is full" in str(exc) or getattr(orig, "sqlstate", None) == "53100"
 
 
 def complete_runs(engine: Engine) -> list[tuple[int, str]]:
