@@ -57,7 +57,7 @@ APP_DIR = Path(__file__).resolve().parent
 def code_version(*directories: Path) -> str:
     """A digest of the app's code, templates and static files, so a deploy that changes what a
     page shows changes ETags, stored pages' validity and the static files' URLs."""
-    digest = hashlib.sha1()
+    digest = hashlib.sha1(usedforsecurity=False)
     for directory in directories:
         for path in sorted(directory.rglob("*")):
             if path.is_file() and path.suffix in (".py", ".html", ".css", ".js"):
@@ -88,7 +88,7 @@ def read_runs(engine: Engine) -> list[RunRow]:
 
 
 def _digest(rows: Sequence[RunRow]) -> str:
-    return hashlib.sha1(repr(sorted(rows)).encode()).hexdigest()[:12]
+    return hashlib.sha1(repr(sorted(rows)).encode(), usedforsecurity=False).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def page_version(path: str, runs: Sequence[RunRow]) -> PageVersion | None:
             if slug == parts[1]:
                 if status != "complete":
                     return None
-                stamp = hashlib.sha1(completed_at.encode()).hexdigest()[:8]
+                stamp = hashlib.sha1(completed_at.encode(), usedforsecurity=False).hexdigest()[:8]
                 return PageVersion(f"run{run_id}-{stamp}", run_id)
     return None
 

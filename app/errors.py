@@ -78,7 +78,7 @@ async def handle_not_found(request: Request, exc: Exception) -> Response:
 
 
 async def handle_validation(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
+    assert isinstance(exc, RequestValidationError)  # nosec B101  # for mypy; registered for this type only
     if is_api(request):
         return await request_validation_exception_handler(request, exc)
     messages = [
@@ -116,7 +116,7 @@ def _allow(headers: Mapping[str, str] | None) -> dict[str, str] | None:
 
 
 async def handle_http(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
+    assert isinstance(exc, StarletteHTTPException)  # nosec B101  # for mypy; registered for this type only
     if exc.status_code == 404 and exc.detail == "Not Found":
         redirect = slash_redirect(request)
         if redirect is not None:
@@ -133,7 +133,7 @@ async def handle_http(request: Request, exc: Exception) -> Response:
 
 
 async def handle_busy(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, LiveBusy)
+    assert isinstance(exc, LiveBusy)  # nosec B101  # registered for this type only
     return error(request, 503, str(exc), {"Retry-After": str(exc.retry_after)})
 
 

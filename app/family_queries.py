@@ -36,7 +36,7 @@ MAX_PER_LEVEL = 24
 
 def has_match_tables(session: Session) -> bool:
     engine = session.get_bind()
-    assert isinstance(engine, Engine)
+    assert isinstance(engine, Engine)  # nosec B101  # narrows the type for mypy
     if engine not in _HAS_TABLES:
         _HAS_TABLES[engine] = inspect(engine).has_table(RunLink.__tablename__)
     return _HAS_TABLES[engine]

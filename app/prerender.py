@@ -131,7 +131,7 @@ def _start_worker(db_url: str) -> None:
 
 
 def _render_in_worker(jobs: Sequence[PageJob]) -> list[RenderedPage]:
-    assert _worker_renderer is not None, "worker process not initialised"
+    assert _worker_renderer is not None, "worker process not initialised"  # nosec B101  # for mypy; set by the pool initializer
     return _worker_renderer.render(jobs)
 
 

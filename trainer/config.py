@@ -480,7 +480,7 @@ def build_run_config(top: dict[str, Any], stages: dict[str, dict[str, Any]]) -> 
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A JSON-ready dict of any config dataclass."""
-    assert is_dataclass(config)
+    assert is_dataclass(config)  # nosec B101  # narrows the type for mypy; never false
     return dataclasses.asdict(config)  # type: ignore[arg-type]
 
 
@@ -493,8 +493,10 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_dict(config), indent=2))
+    from trainer.checkpoint import atomic_write_text  # imports torch: not at the CLI's start
+
+    # Atomic: every stage rewrites it first thing, so a kill -9 there must not truncate it.
+    atomic_write_text(path, json.dumps(to_dict(config), indent=2))
 
 
 def load_config(path: Path) -> RunConfig:

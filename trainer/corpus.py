@@ -433,7 +433,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict[str, Any]:
     else:
         for source in BUILTIN_SOURCES:
             budget = int(cfg.max_bytes * source.share)
-            rng = random.Random(f"{cfg.seed}-{source.name}")
+            rng = random.Random(f"{cfg.seed}-{source.name}")  # nosec B311  # a reproducible sample, not a secret
             taken = 0
             count = 0
             with tqdm(
@@ -461,7 +461,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict[str, Any]:
             )
     if not documents or not any(doc.strip() for _, doc in documents):
         raise CorpusError("the corpus is empty: no text found in the given sources")
-    random.Random(cfg.seed).shuffle(documents)
+    random.Random(cfg.seed).shuffle(documents)  # nosec B311  # a reproducible order, not a secret
     lines = "".join(json.dumps({"source": s, "text": t}, ensure_ascii=False) + "\n" for s, t in documents)
     atomic_write_text(out_dir / "documents.jsonl", lines)
     manifest = {

@@ -88,7 +88,7 @@ class OneLayerHooked:
         self, idx: torch.Tensor, targets: torch.Tensor, replacement: Replacement | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.module(idx, targets, mlp_replacement=replacement, return_mlp_post=True)
-        assert out.loss is not None and out.mlp_post is not None
+        assert out.loss is not None and out.mlp_post is not None  # nosec B101  # narrows the type for mypy
         return out.loss, out.mlp_post
 
     def logit_weights(self) -> torch.Tensor:
@@ -119,7 +119,7 @@ def load_lm(cfg: RunConfig, device: str | None = None) -> HookedLM:
     if cfg.model_path:
         from trainer.hf_model import load_hooked
 
-        assert cfg.hook is not None  # RunConfig requires a hook with a model path
+        assert cfg.hook is not None  # RunConfig requires a hook with a model path  # nosec B101
         return load_hooked(cfg.model_path, cfg.hook, n_ctx=cfg.model.n_ctx, device=device)
     check_own_hook(cfg.hook)
     return OneLayerHooked(OneLayerTransformer.load(cfg.lm_dir).to(device))

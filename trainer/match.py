@@ -222,7 +222,7 @@ def match_runs(
     order = list(dict.fromkeys(s for pair in pairs for s in pair))
     sides = [load_side(runs[slug], models) for slug in order]
     first = runs[pairs[0][0]]
-    assert first.artifacts_path is not None  # checked by load_side
+    assert first.artifacts_path is not None  # checked by load_side  # nosec B101
     val = load_token_split(Path(first.artifacts_path) / "tokens", "val")
     n_ctx = min(side.model.cfg.n_ctx for side in sides)
     limit = n_tokens or min(run.n_tokens_analyzed or len(val) for run in runs.values())

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from trainer.checkpoint import atomic_torch_save, atomic_write_text, load_training_state
 from trainer.config import LMTrainConfig, ModelConfig
+from trainer.guard import check_finite
 from trainer.model import OneLayerTransformer
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -65,7 +66,7 @@ def evaluate_lm(
         x, y = sample_batch(tokens, model.cfg.n_ctx, batch_size, seed=12345, step=i)
         with autocast(dtype):
             out = model(x, y)  # fp32 loss: evaluation figures are reported
-        assert out.loss is not None
+        assert out.loss is not None  # nosec B101  # narrows the type for mypy; never false
         losses.append(out.loss.item())
     model.train()
     return float(np.mean(losses))
@@ -86,14 +87,22 @@ def make_optimizer(model: OneLayerTransformer, cfg: LMTrainConfig) -> torch.opti
 
 
 def train_step(
-    model: OneLayerTransformer, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, dtype: str
+    model: OneLayerTransformer,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: str,
+    step: int = 0,
 ) -> float:
+    """One AdamW step on (x, y); raises DivergenceError naming `step` (1-based) before a
+    non-finite loss or gradient can reach the weights."""
     with autocast(dtype):
         out = model(x, y, fp32_loss=False)
-    assert out.loss is not None
+    assert out.loss is not None  # nosec B101  # narrows the type for mypy; never false
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    check_finite("train-lm", step, out.loss, grad_norm)
     optimizer.step()
     return out.loss.item()
 
@@ -131,7 +140,7 @@ def train_lm(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         x, y = sample_batch(train_tokens, n_ctx, cfg.batch_size, cfg.seed, step)
-        loss = train_step(model, optimizer, x, y, cfg.dtype)
+        loss = train_step(model, optimizer, x, y, cfg.dtype, step=step + 1)
         entry: dict[str, float] = {"step": step + 1, "train_loss": loss}
         last = step + 1 == cfg.n_steps
         if (step + 1) % cfg.eval_interval == 0 or last:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from trainer.checkpoint import atomic_torch_save, atomic_write_text, load_training_state
 from trainer.config import RunConfig, SAEConfig
 from trainer.distributed import all_reduce_sum_, is_main_process, rank_rows, world_size
+from trainer.guard import check_finite
 from trainer.sae.autoencoder import SparseAutoencoder
 from trainer.sae.resample import maybe_resample
 from trainer.sae.source import ActivationSource, open_activation_source
@@ -104,6 +105,9 @@ def train_step(state: TrainState, x: torch.Tensor, compute_l0: bool = True) -> S
     if size > 1:
         stats = all_reduce_step(sae, stats)
         stats[:3] /= size
+    # After the all-reduce, so every rank sees the same verdict; before the step touches the weights.
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in sae.parameters() if p.grad is not None])
+    check_finite("train-sae", step, stats[0], grad_norm)
     if sae.variant.unit_norm_decoder:
         sae.remove_parallel_decoder_grad()
     state.optimizer.step()

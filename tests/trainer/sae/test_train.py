@@ -107,7 +107,7 @@ def test_kill_minus_nine_then_resume_matches_an_uninterrupted_run(
         timeout=120,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 30
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 30
     assert not (out / "sae_weights.safetensors").exists()
 
     resumed = train_sae(cfg, path, out, resume=True, progress=False)
