@@ -110,7 +110,7 @@ def parse_hook(hook: str, model_type: str, n_layers: int) -> tuple[int, str]:
 def load_config(path_or_id: str) -> Any:
     transformers = _transformers()
     try:
-        return transformers.AutoConfig.from_pretrained(path_or_id)
+        return transformers.AutoConfig.from_pretrained(path_or_id)  # nosec B615  # the user's own model; a revision is theirs to pin
     except (OSError, ValueError) as exc:
         raise ValueError(
             f"{path_or_id} is not a transformers model folder (or hub id) with a config.json: {exc}"
@@ -133,7 +133,7 @@ def load_tokenizer(path_or_id: str) -> Any:
     ):
         raise missing("no tokenizer.json, tokenizer_config.json or vocab.json in the folder")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id)
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id)  # nosec B615  # the user's own model; a revision is theirs to pin
     except Exception as exc:  # transformers raises OSError, ValueError, TypeError, ... here
         raise missing(f"{type(exc).__name__}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -349,6 +349,6 @@ def load_hooked(path_or_id: str, hook: str, n_ctx: int, device: str = "cpu") -> 
     _family(config.model_type)
     parse_hook(hook, config.model_type, _n_layers(config))
     logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(path_or_id)
+    model = AutoModelForCausalLM.from_pretrained(path_or_id)  # nosec B615  # the user's own model; a revision is theirs to pin
     model = model.float().to(device).eval()
     return HFHookedLM(model, hook, n_ctx, "bf16" if bf16_supported(device) else "fp32")

@@ -104,7 +104,7 @@ def _encode_for_model(cfg: RunConfig, manifest: dict[str, Any]) -> dict[str, Any
     from trainer.hf_model import load_tokenizer as load_model_tokenizer
     from trainer.hf_model import tokenizer_info
 
-    assert cfg.model_path is not None
+    assert cfg.model_path is not None  # nosec B101  # narrows the type for mypy
     info = tokenizer_info(load_model_tokenizer(cfg.model_path))
     meta = encode_documents(
         info.backend,

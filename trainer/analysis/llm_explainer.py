@@ -84,7 +84,7 @@ def _post(endpoint: LLMEndpoint, body: dict[str, Any]) -> dict[str, Any]:
     for attempt in range(endpoint.retries + 1):
         last = attempt == endpoint.retries
         try:
-            with urllib.request.urlopen(request, timeout=endpoint.timeout) as response:
+            with urllib.request.urlopen(request, timeout=endpoint.timeout) as response:  # nosec B310  # the URL is checked to be http(s) in LLMEndpoint
                 raw = response.read()
             break
         except urllib.error.HTTPError as exc:
