@@ -11,6 +11,7 @@ from starlette.responses import Response
 from app import family_charts, family_queries, queries
 from app.deps import SessionDep
 from app.family_models import FamilyTree, UniversalityView
+from app.responses import RUN_RESPONSES
 from app.routes.features import FeatureIndex
 from app.routes.runs import RunSlug
 from app.templating import render
@@ -24,14 +25,14 @@ def _family(session: SessionDep, run: str, index: int) -> FamilyTree:
     return family_queries.family_tree(session, queries.get_run(session, run), index)
 
 
-@router.get("/api/runs/{run}/features/{index}/family", response_model=FamilyTree)
-async def read_family(session: SessionDep, run: RunSlug, index: FeatureIndex) -> FamilyTree:
+@router.get("/api/runs/{run}/features/{index}/family", response_model=FamilyTree, responses=RUN_RESPONSES)
+def read_family(session: SessionDep, run: RunSlug, index: FeatureIndex) -> FamilyTree:
     """A feature's family across dictionary sizes: ancestors and descendants by activation correlation."""
     return _family(session, run, index)
 
 
 @router.get("/runs/{run}/features/{index}/family", include_in_schema=False)
-async def show_family(request: Request, session: SessionDep, run: RunSlug, index: FeatureIndex) -> Response:
+def show_family(request: Request, session: SessionDep, run: RunSlug, index: FeatureIndex) -> Response:
     data = _family(session, run, index)
     return render(request, "family.html", {"data": data, "tree_chart": family_charts.family_tree(data)})
 
@@ -40,14 +41,14 @@ def _universality(session: SessionDep, run: str, other: str | None) -> Universal
     return family_queries.universality(session, queries.get_run(session, run), other or None)
 
 
-@router.get("/api/runs/{run}/universality", response_model=UniversalityView)
-async def read_universality(session: SessionDep, run: RunSlug, other: OtherRun = None) -> UniversalityView:
+@router.get("/api/runs/{run}/universality", response_model=UniversalityView, responses=RUN_RESPONSES)
+def read_universality(session: SessionDep, run: RunSlug, other: OtherRun = None) -> UniversalityView:
     """Best-match activation correlations of this model's features and neurons in another model's."""
     return _universality(session, run, other)
 
 
 @router.get("/runs/{run}/universality", include_in_schema=False)
-async def show_universality(
+def show_universality(
     request: Request, session: SessionDep, run: RunSlug, other: OtherRun = None
 ) -> Response:
     data = _universality(session, run, other)

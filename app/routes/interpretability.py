@@ -8,6 +8,7 @@ from starlette.responses import Response
 from app import interpretability, queries
 from app.deps import SessionDep
 from app.interpretability import InterpretabilityComparison
+from app.responses import RUN_RESPONSES
 from app.routes.runs import RunSlug
 from app.templating import render
 
@@ -18,7 +19,9 @@ def _comparison(session: SessionDep, run: str) -> InterpretabilityComparison:
     return interpretability.interpretability_comparison(session, queries.get_run(session, run))
 
 
-@router.get("/api/runs/{run}/interpretability", response_model=InterpretabilityComparison)
+@router.get(
+    "/api/runs/{run}/interpretability", response_model=InterpretabilityComparison, responses=RUN_RESPONSES
+)
 def read_interpretability(session: SessionDep, run: RunSlug) -> InterpretabilityComparison:
     """Automatic interpretability scores of the run's units and its model's other basis, with medians."""
     return _comparison(session, run)
