@@ -60,7 +60,7 @@ ORDER = {
     "example": (Example.feature_index, Example.kind, Example.band, Example.rank),
     "token_feature": (TokenFeature.token_id, TokenFeature.rank),
 }
-RUN_SKIPPED = ("id", "status", "error")  # a file holds one complete run; the importer numbers it
+RUN_SKIPPED = ("id", "status")  # a file holds one complete run; the importer numbers it
 ROW_SKIPPED = ("run_id",)
 BATCH_ROWS = 2000
 
