@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any, Literal
-from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import links
@@ -26,20 +25,17 @@ from app.family_models import (
     MatchOut,
     UniversalityView,
 )
-from app.queries import NotFoundError, feature_labels, get_run
+from app.queries import NotFoundError, feature_labels, get_run, table_names
 from trainer.schema import Feature, FeatureMatch, Run, RunLink, Token
 
-_HAS_TABLES: WeakKeyDictionary[Engine, bool] = WeakKeyDictionary()
 MAX_CHILDREN = 6  # per node of a family tree
 MAX_PER_LEVEL = 24
 
 
 def has_match_tables(session: Session) -> bool:
-    engine = session.get_bind()
-    assert isinstance(engine, Engine)  # nosec B101  # narrows the type for mypy
-    if engine not in _HAS_TABLES:
-        _HAS_TABLES[engine] = inspect(engine).has_table(RunLink.__tablename__)
-    return _HAS_TABLES[engine]
+    """Whether the database has the match tables (on the session's own connection: a second
+    connection per request would halve what the pool serves)."""
+    return RunLink.__tablename__ in table_names(session)
 
 
 def linked_run(run: Run) -> LinkedRun:

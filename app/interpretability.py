@@ -10,14 +10,13 @@ A database from before the interpretations table is served without these panels.
 from __future__ import annotations
 
 import statistics
-import weakref
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import links
+from app import links, queries
 from trainer.schema import Interpretation, Run
 
 # The paper's figures (PAPER.md): automatic interpretability on the logit side, and the human
@@ -83,17 +82,9 @@ class InterpretabilityComparison(BaseModel):
     url: str
 
 
-_HAS_TABLE: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
-
-
 def has_interpretations(session: Session) -> bool:
     """Whether the database has the interpretations table (a read-only app never migrates)."""
-    engine = session.get_bind()
-    if not isinstance(engine, Engine):
-        return False
-    if not _HAS_TABLE.get(engine):
-        _HAS_TABLE[engine] = inspect(session.connection()).has_table(Interpretation.__tablename__)
-    return _HAS_TABLE[engine]
+    return Interpretation.__tablename__ in queries.table_names(session)
 
 
 def feature_interpretations(session: Session, run: Run, index: int) -> list[InterpretationOut]:
