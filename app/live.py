@@ -15,7 +15,8 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -76,3 +77,18 @@ class LiveExecutor:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+Answer = TypeVar("Answer")
+
+
+@dataclass(frozen=True)
+class Prepared(Generic[Answer]):
+    """What a live request reads from the database before its model runs (the session is closed
+    by then, so no connection is held during model work), and its answer without model output."""
+
+    run_id: int
+    kind: str
+    artifacts_path: str | None
+    sae_path: str | None
+    empty: Answer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -14,7 +13,7 @@ from starlette.responses import Response
 
 from app import inference, links, queries
 from app.deps import EngineDep, LiveDep
-from app.live import LiveExecutor
+from app.live import LiveExecutor, Prepared
 from app.models import FeatureActivation, InferenceResult, InferenceToken, blank_is_none
 from app.responses import LIVE_RESPONSES
 from app.routes.runs import RunSlug
@@ -44,18 +43,7 @@ ApiFeatureQuery = Annotated[
 ]
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """What inference needs from the database before the model runs (read, then the session closed)."""
-
-    run_id: int
-    kind: str
-    artifacts_path: str | None
-    sae_path: str | None
-    empty: InferenceResult  # the answer without tokens
-
-
-def _prepare(engine: Engine, run: str, text: str | None, feature: int | None) -> _Prepared:
+def _prepare(engine: Engine, run: str, text: str | None, feature: int | None) -> Prepared[InferenceResult]:
     with Session(engine) as session:
         record = queries.get_run(session, run)
         if feature is not None and feature >= record.n_features:
@@ -72,10 +60,12 @@ def _prepare(engine: Engine, run: str, text: str | None, feature: int | None) ->
             feature_label=None,
             feature_max=None,
         )
-        return _Prepared(record.id, record.kind, record.artifacts_path, record.sae_path, empty)
+        return Prepared(record.id, record.kind, record.artifacts_path, record.sae_path, empty)
 
 
-def _compute(prepared: _Prepared, text: str | None) -> tuple[int, inference.Activations | None]:
+def _compute(
+    prepared: Prepared[InferenceResult], text: str | None
+) -> tuple[int, inference.Activations | None]:
     """The model's part (on the live executor): load the run's artifacts (cached), then run."""
     loaded = inference.load_artifacts(prepared.kind, prepared.artifacts_path, prepared.sae_path)
     if not text:
@@ -85,7 +75,7 @@ def _compute(prepared: _Prepared, text: str | None) -> tuple[int, inference.Acti
 
 def _finish(
     engine: Engine,
-    prepared: _Prepared,
+    prepared: Prepared[InferenceResult],
     text: str,
     feature: int | None,
     n_ctx: int,

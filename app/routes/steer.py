@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -14,7 +13,7 @@ from starlette.responses import Response
 
 from app import inference, queries, steering
 from app.deps import EngineDep, LiveDep
-from app.live import LiveExecutor
+from app.live import LiveExecutor, Prepared
 from app.models import NextTokenOut, SteeredContinuation, SteerResult, TokenOut, blank_is_none
 from app.responses import LIVE_RESPONSES
 from app.routes.inference import TEXT_MAX_CHARS
@@ -84,20 +83,9 @@ def _continuation(
     )
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    """What a steer needs from the database before the model runs (read, then the session closed)."""
-
-    run_id: int
-    kind: str
-    artifacts_path: str | None
-    sae_path: str | None
-    empty: SteerResult  # the answer without continuations
-
-
 def _prepare(
     engine: Engine, run: str, text: str | None, feature: int | None, value: float | None, n_tokens: int
-) -> _Prepared:
+) -> Prepared[SteerResult]:
     with Session(engine) as session:
         record = queries.get_run(session, run)
         if feature is not None and feature >= record.n_features:
@@ -129,11 +117,11 @@ def _prepare(
             unpinned=None,
             pinned=None,
         )
-        return _Prepared(record.id, record.kind, record.artifacts_path, record.sae_path, empty)
+        return Prepared(record.id, record.kind, record.artifacts_path, record.sae_path, empty)
 
 
 def _generate(
-    prepared: _Prepared, text: str | None, feature: int | None, value: float | None, n_tokens: int
+    prepared: Prepared[SteerResult], text: str | None, feature: int | None, value: float | None, n_tokens: int
 ) -> tuple[int, steering.Steering | None]:
     """The model's part (on the live executor): load the run's artifacts (cached), then steer."""
     loaded = inference.load_artifacts(prepared.kind, prepared.artifacts_path, prepared.sae_path)
@@ -142,7 +130,9 @@ def _generate(
     return loaded.n_ctx, steering.steer(loaded, text, feature, value, n_tokens)
 
 
-def _finish(engine: Engine, prepared: _Prepared, n_ctx: int, result: steering.Steering) -> SteerResult:
+def _finish(
+    engine: Engine, prepared: Prepared[SteerResult], n_ctx: int, result: steering.Steering
+) -> SteerResult:
     ids = [*result.prompt_ids, *result.unpinned.token_ids, *result.pinned.token_ids]
     ids += [n.token_id for c in (result.unpinned, result.pinned) for n in c.next_tokens]
     with Session(engine) as session:
