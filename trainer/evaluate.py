@@ -67,12 +67,19 @@ class EvalResult:
 
 
 def context_windows(val_tokens: np.ndarray, n_ctx: int, max_tokens: int) -> np.ndarray:
-    """Non-overlapping windows [n_windows, n_ctx + 1] covering at most max_tokens predicted tokens."""
+    """Non-overlapping windows [n_windows, n_ctx + 1] covering at most max_tokens predicted tokens,
+    spread evenly over the whole split (not its first max_tokens): the split is whole documents in
+    corpus order, so a contiguous slice is a few documents of one kind. On the demo an L1 SAE
+    trained to L0 16 (15.7 on training rows) read L0 12.1 on the split's first 200k tokens and
+    14.0 on windows spread over it."""
     window = n_ctx + 1
-    n_windows = min(len(val_tokens) // window, math.ceil(max_tokens / n_ctx))
+    n_available = len(val_tokens) // window
+    n_windows = min(n_available, math.ceil(max_tokens / n_ctx))
     if n_windows == 0:
         raise ValueError(f"held-out text has {len(val_tokens)} tokens: too few for one window of {window}")
-    return np.asarray(val_tokens[: n_windows * window], dtype=np.int64).reshape(n_windows, window)
+    grid = np.asarray(val_tokens[: n_available * window], dtype=np.int64).reshape(n_available, window)
+    chosen = np.linspace(0, n_available - 1, n_windows).round().astype(np.int64)
+    return grid[chosen]
 
 
 def density_histogram(feature_density: np.ndarray, n_tokens: int) -> tuple[list[float], list[int], int]:

@@ -104,6 +104,9 @@ def test_context_windows_do_not_overlap() -> None:
     tokens = np.arange(100, dtype=np.uint32)
     windows = context_windows(tokens, n_ctx=9, max_tokens=1000)
     assert windows.shape == (10, 10) and windows[1, 0] == 10
-    assert context_windows(tokens, n_ctx=9, max_tokens=27).shape == (3, 10)
+    spread = context_windows(tokens, n_ctx=9, max_tokens=27)
+    assert spread.shape == (3, 10)
+    # Spread over the whole split, on the non-overlapping grid: the first, middle and last windows.
+    assert spread[:, 0].tolist() == [0, 40, 90]
     with pytest.raises(ValueError, match="too few"):
         context_windows(tokens[:5], n_ctx=9, max_tokens=100)
