@@ -222,3 +222,13 @@ def open_activation_source(path: Path, d_in: int | None, batch_size: int, seed: 
     return ActivationSource(
         [lambda: in_memory], [len(in_memory)], d_in, batch_size, seed, shuffle_rows=True, name=str(path)
     )
+
+
+def peek_rows(source: ActivationSource, n_rows: int) -> torch.Tensor:
+    """The source's next `n_rows` rows (at most all of them), scaled, without moving the source:
+    training goes on from where it was."""
+    position = source.state_dict()
+    try:
+        return source.take_rows(min(n_rows, source.n_rows))
+    finally:
+        source.load_state_dict(position)

@@ -13,7 +13,7 @@ import torch
 from trainer.checkpoint import CheckpointError
 from trainer.config import SAEConfig
 from trainer.sae.autoencoder import SparseAutoencoder
-from trainer.sae.source import ActivationShapeError, ActivationSource
+from trainer.sae.source import ActivationShapeError, ActivationSource, peek_rows
 from trainer.sae.variants.base import peak_lr
 
 B_DEC_INIT_ROWS = 16_384  # inputs whose geometric median initialises b_dec
@@ -121,10 +121,8 @@ def init_train_state(
     builds the same one: same seed, same (global) sample."""
     torch.manual_seed(cfg.seed)
     sae = SparseAutoencoder(cfg).train()
-    start = source.state_dict()
     source.scale = 1.0
-    sample = source.take_rows(min(B_DEC_INIT_ROWS, source.n_rows))  # [rows, d_in]
-    source.load_state_dict(start)  # the sample is only peeked at: training starts at the first batch
+    sample = peek_rows(source, B_DEC_INIT_ROWS)  # [rows, d_in]; training starts at the first batch
     input_scale = 1.0
     if cfg.normalize_activations:
         mean_norm = float(sample.norm(dim=1).mean())

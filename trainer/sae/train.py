@@ -239,6 +239,7 @@ def train_sae(
         if on_step is not None:
             on_step(state, final)
     bar.close()
+    state.sae.variant.finish_training(state)
     state.sae.eval()
     # Trained on x · s: fold s in, so the saved SAE reads raw activations (SAELens's
     # normalize_activations "none") and reports activations in their units.

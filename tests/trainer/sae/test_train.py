@@ -53,6 +53,18 @@ def test_every_variant_trains_without_nan(data_file, variant: str) -> None:
         assert torch.allclose(norms, torch.ones(192), atol=1e-5)
 
 
+def test_batchtopk_inference_keeps_k_per_row_on_training_rows(data_file, tmp_path: Path) -> None:
+    """The saved θ is set from the final weights (Variant.finish_training), not the running
+    average that trails them: on the training rows, inference keeps k latents per row."""
+    path, _ = data_file
+    cfg = sae_cfg(variant="batchtopk", k=4, n_tokens=256 * 30)
+    sae = train_sae(cfg, path, tmp_path, progress=False).sae.eval()
+    rows = torch.from_numpy(np.load(path)[:8192])
+    with torch.no_grad():
+        l0 = float((sae.encode(rows) > 0).float().sum(1).mean())
+    assert 3.8 <= l0 <= 4.2, l0
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 

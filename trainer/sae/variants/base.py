@@ -145,6 +145,10 @@ class Variant:
             loss = mse + self.sparsity_weight(state, step) * sparsity
         return loss, mse, sparsity, f
 
+    def finish_training(self, state: TrainState) -> None:
+        """After the last step, on the training's (normalised) units: settle whatever inference
+        reads that training only estimated (nothing by default)."""
+
     def loss_terms(self, state: TrainState, x: torch.Tensor, step: int, count_active: bool) -> LossTerms:
         """The step's loss on x [N, d_in], ready for `backward()`; a variant with a hand-written
         backward overrides this, the others train through `reference_loss`."""
