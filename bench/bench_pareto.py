@@ -54,6 +54,10 @@ SAELENS_L1 = (3.0, 5.0, 10.0, 20.0)
 # SAELens's default lr (3e-4, set for runs of tens of thousands of steps) leaves a 256-step run far
 # from trained (topk k=16: held-out FVU 0.64 against 0.40 at 1e-3), so it gets our TopK's lr, 1e-3.
 SAELENS_LR = 1e-3
+# How held-out metrics are measured; a cached result of another protocol is re-evaluated from its
+# saved SAE (or retrained when that is gone). 1: the first --eval tokens of the validation split;
+# 2: windows spread over the whole split (trainer.evaluate.context_windows).
+EVAL_PROTOCOL = 2
 
 
 # ---------------------------------------------------------------------------- points
@@ -373,12 +377,19 @@ def run_point(
     key = f"{point.name}-{digest(settings)}"
     result_path = args.work_dir / "results" / f"{key}.json"
     retrain = train and point.system == "ours" and args.retrain_ours
+    out = args.work_dir / "saes" / key
     if result_path.exists() and not retrain:
-        print(f"{point.name}: cached ({result_path.name})")
-        return json.loads(result_path.read_text())
+        cached = json.loads(result_path.read_text())
+        if cached.get("eval_protocol", 1) == EVAL_PROTOCOL:
+            print(f"{point.name}: cached ({result_path.name})")
+            return cached
+        if (out / "cfg.json").exists():
+            print(f"{point.name}: cached, re-evaluated ({result_path.name})", flush=True)
+            cached.update(evaluator(SparseAutoencoder.load(out), out), eval_protocol=EVAL_PROTOCOL)
+            result_path.write_text(json.dumps(cached, indent=2))
+            return cached
     if not train or (point.system == "saelens" and python is None):
         return None
-    out = args.work_dir / "saes" / key
     shutil.rmtree(out, ignore_errors=True)
     print(f"{point.name}: training...", flush=True)
     if point.system == "ours":
@@ -404,6 +415,7 @@ def run_point(
         "cpu_seconds": trained.get("cpu_seconds"),
         "n_tokens": trained["n_tokens"],
         **extra,
+        "eval_protocol": EVAL_PROTOCOL,
         "sae_dir": str(out),
         "settings": settings,
     }
