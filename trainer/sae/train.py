@@ -56,15 +56,19 @@ def learning_rate(cfg: SAEConfig, step: int) -> float:
 
 
 def adapt_sparsity_coefficient(state: TrainState, l0: float) -> None:
-    """The target-L0 controller: after λ's warm-up, nudge log λ by gain · log((L0 + 1)/(target + 1))
-    (clipped to ±gain per step), so that λ grows while the batch's L0 is above the target and
-    shrinks below it. Multiplicative steps find λ's scale whatever the data (it spans decades)."""
+    """The target-L0 controller: nudge log λ by gain · log((L0 + 1)/(target + 1)) (clipped to ±gain
+    per step), so that λ grows while the batch's L0 is above the target and shrinks below it.
+    Multiplicative steps find λ's scale whatever the data (it spans decades).
+
+    During λ's warm-up the ramp raises λ anyway, so the controller only lowers it there: when the
+    ramp alone has pushed L0 below the target. Left idle until the ramp's end, it had to climb back
+    from there in the second half (jumprelu at target 32: L0 10 at mid-run, 27 at the end)."""
     cfg = state.cfg
     if cfg.target_l0 is None or not state.sae.variant.uses_sparsity_coefficient:
         return
-    if state.step <= round(cfg.l1_warmup_fraction * cfg.n_steps):
-        return
     error = math.log((l0 + 1.0) / (cfg.target_l0 + 1.0))
+    if state.step <= round(cfg.l1_warmup_fraction * cfg.n_steps):
+        error = min(error, 0.0)
     state.log_l1_factor += cfg.target_l0_gain * max(-1.0, min(1.0, error))
 
 
