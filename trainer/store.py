@@ -1,15 +1,20 @@
 """Writing runs into the database (trainer/schema.py) so that a run only ever appears complete.
 
 Protocol: `create_pending_run` inserts the Run as status 'running' under a pending slug
-('<slug>~pending-<hex>'); rows are bulk-inserted in batches, each batch its own transaction;
-`publish_run` then, in one transaction, deletes any run already holding the final slug (and
-failed leftovers of earlier attempts) and renames the pending run to the slug with status
+('<slug>~pending-<host>-<pid>-<hex>', naming the writing process); rows are bulk-inserted in
+batches, each batch its own transaction; `publish_run` then, in one transaction, deletes any run
+already holding the final slug (and the leftovers of earlier attempts: failed ones, and running
+ones whose writer on this host is gone) and renames the pending run to the slug with status
 'complete'. An exception marks the run 'failed' with its message; a killed process leaves it
-'running' under its pending slug, which the app does not list.
+'running' under its pending slug, which the app lists as unfinished (never as complete) until
+the next publish of that slug removes it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -52,8 +57,27 @@ def open_database(url: str) -> Engine:
     return engine
 
 
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode(), usedforsecurity=False).hexdigest()[:8]
+
+
 def pending_slug(slug: str) -> str:
-    return f"{slug}{PENDING_MARK}{uuid.uuid4().hex[:8]}"
+    return f"{slug}{PENDING_MARK}{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _writer_gone(pending: str) -> bool:
+    """Whether the process that created the pending run `pending` was on this host and has died
+    (killed mid-write: nothing else will finish or fail its run). Unknown writers count as alive."""
+    writer = pending.rsplit(PENDING_MARK, 1)[-1].split("-")
+    if len(writer) != 3 or writer[0] != _host_tag() or not writer[1].isdigit():
+        return False
+    try:
+        os.kill(int(writer[1]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # another user's live process
+    return False
 
 
 def create_pending_run(engine: Engine, slug: str, **fields: Any) -> int:
@@ -99,26 +123,29 @@ def _delete_runs(conn: Any, run_ids: list[int]) -> None:
 
 
 def publish_run(engine: Engine, run_id: int, slug: str) -> None:
-    """In one transaction: replace any run with `slug` (and failed attempts at it) by this one."""
+    """In one transaction: replace any run with `slug` (and failed attempts at it, and attempts
+    whose process was killed) by this one."""
     with engine.begin() as conn:
         status = conn.execute(select(Run.status).where(Run.id == run_id)).scalar_one_or_none()
         if status != "running":
             raise DatabaseError(
                 f"run {run_id} is {status or 'gone'}, not running: cannot publish it as {slug!r}"
             )
-        stale = (
-            conn.execute(
-                select(Run.id).where(
-                    Run.id != run_id,
-                    (Run.slug == slug)
-                    | (Run.slug.startswith(slug + PENDING_MARK, autoescape=True) & (Run.status == "failed")),
-                )
+        candidates = conn.execute(
+            select(Run.id, Run.slug, Run.status).where(
+                Run.id != run_id,
+                (Run.slug == slug) | Run.slug.startswith(slug + PENDING_MARK, autoescape=True),
             )
-            .scalars()
-            .all()
-        )
+        ).all()
+        stale = [
+            int(other)
+            for other, other_slug, other_status in candidates
+            if other_slug == slug
+            or other_status == "failed"
+            or (other_status == "running" and _writer_gone(other_slug))
+        ]
         if stale:
-            _delete_runs(conn, list(stale))
+            _delete_runs(conn, stale)
         conn.execute(
             update(Run)
             .where(Run.id == run_id)

@@ -31,7 +31,7 @@ from trainer.schema import (
     TokenFeature,
     make_engine,
 )
-from trainer.store import PENDING_MARK, complete_runs, open_database
+from trainer.store import PENDING_MARK, complete_runs, create_pending_run, open_database
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_analyze import D_SAE, VOCAB, small_config, tiny_setup  # noqa: E402
@@ -173,10 +173,20 @@ def test_a_killed_analysis_never_shows_as_complete(db_url: str, tmp_path: Path) 
 
     run_id = store(db_url, tmp_path)
     assert complete_runs(open_database(db_url)) == [(run_id, "tiny-paper")]
-    assert [status for _slug, status in runs(db_url)] == [
-        "running",
-        "complete",
-    ]  # the leftover stays unlisted
+    # the killed writer's leftover is gone with it: the app lists no unfinished run
+    assert runs(db_url) == [("tiny-paper", "complete")]
+    assert row_counts(db_url)["features"] == D_SAE
+
+
+def test_a_running_writer_keeps_its_pending_run_when_another_publishes(db_url: str, tmp_path: Path) -> None:
+    engine = open_database(db_url)
+    alive = create_pending_run(
+        engine, "tiny-paper", kind="sae", model_name="m", variant="paper", d_in=64, n_features=D_SAE
+    )
+    engine.dispose()
+    run_id = store(db_url, tmp_path)  # this process wrote both: its writer is alive
+    assert runs(db_url)[0][1] == "running" and runs(db_url)[1] == ("tiny-paper", "complete")
+    assert complete_runs(open_database(db_url)) == [(run_id, "tiny-paper")] and alive != run_id
 
 
 def _has_runs(url: str) -> bool:
