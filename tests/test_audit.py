@@ -1,23 +1,45 @@
-"""The offline dependency audit: the pinned snapshot parses, flags affected versions and spares
-fixed ones, and the installed environment passes it."""
+"""The dependency audit: PyPI's advisory records become affected ranges, the snapshot flags
+affected versions and spares fixed ones, the pinned snapshot is the refresh's output, and the
+installed environment passes it."""
 
 from __future__ import annotations
 
-from tools.audit_deps import affects, installed, load_snapshot, main, offline_audit
+from tools.audit_deps import _advisory, affects, installed, load_snapshot, main, offline_audit
+
+# Two records as PyPI's JSON API serves them (ecdsa's, as served for 0.19.2; a fixed one).
+UNFIXED = {
+    "aliases": ["CVE-2024-23342", "GHSA-wj6h-64fc-37mp"],
+    "details": "python-ecdsa has been found to be subject to a Minerva timing attack on the P-256 curve.",
+    "fixed_in": [],
+    "id": "PYSEC-2026-1325",
+    "summary": None,
+}
+FIXED = {"aliases": ["CVE-2024-56201"], "details": "sandbox breakout", "fixed_in": ["3.1.5"], "id": "GHSA-x"}
 
 
-def test_the_snapshot_flags_affected_versions_and_spares_fixed_ones() -> None:
-    snapshot = load_snapshot()
-    old = offline_audit({"jinja2": "3.1.2", "torch": "2.5.1", "urllib3": "2.0.5", "h11": "0.16.0"}, snapshot)
-    ids = {(f.package, f.advisory) for f in old}
-    assert ("torch", "CVE-2025-32434") in ids  # weights_only=True could still run code before 2.6
-    assert ("jinja2", "CVE-2024-22195") in ids and ("jinja2", "CVE-2025-27516") in ids
-    assert ("urllib3", "CVE-2023-43804") in ids and ("urllib3", "CVE-2024-37891") in ids
-    assert not any(f.package == "h11" for f in old)
-    assert offline_audit({"jinja2": "3.1.6", "torch": "2.13.0+cpu", "urllib3": "2.5.0"}, snapshot) == []
+def test_pypi_records_become_affected_ranges_that_flag_and_spare_versions() -> None:
+    unfixed, fixed = _advisory("ecdsa", "0.19.2", UNFIXED), _advisory("jinja2", "3.1.4", FIXED)
+    assert unfixed["id"] == "CVE-2024-23342" and unfixed["affected"] == "<=0.19.2"
+    assert "PYSEC-2026-1325" in unfixed["aliases"] and unfixed["summary"].startswith("python-ecdsa")
+    assert fixed["affected"] == "<3.1.5" and fixed["fixed_in"] == ["3.1.5"]
+    snapshot = {"advisories": [unfixed, fixed]}
+    flagged = offline_audit({"ecdsa": "0.19.2", "jinja2": "3.1.4", "h11": "0.16.0"}, snapshot)
+    assert {(f.package, f.advisory) for f in flagged} == {
+        ("ecdsa", "CVE-2024-23342"),
+        ("jinja2", "CVE-2024-56201"),
+    }
+    assert offline_audit({"ecdsa": "0.20.0", "jinja2": "3.1.6"}, snapshot) == []
     assert affects("<1.26.19 || >=2.0.0,<2.2.2", "2.1.0") and not affects(
         "<1.26.19 || >=2.0.0,<2.2.2", "2.2.2"
     )
+
+
+def test_the_pinned_snapshot_is_a_refresh_of_this_environment() -> None:
+    snapshot = load_snapshot()
+    assert snapshot["source"].startswith("https://pypi.org/pypi/")
+    assert {"torch", "fastapi", "jinja2"} <= set(snapshot["coverage"])
+    for advisory in snapshot["advisories"]:
+        assert advisory["package"] in snapshot["coverage"] and advisory["aliases"]
 
 
 def test_the_installed_environment_passes_the_offline_audit(capsys) -> None:
