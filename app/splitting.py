@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from app import links
 from app.family_models import FAMILY_THRESHOLD, LinkedRun
 from app.family_queries import has_match_tables, linked_run
-from app.queries import feature_labels
-from trainer.schema import FeatureMatch, Run, RunLink
+from app.queries import feature_labels, table_names
+from trainer.schema import Feature, FeatureMatch, Run, RunLink, SizeMap, SizeMapPoint
 
 N_FAMILIES = 5  # largest families listed per pair of sizes
 
@@ -48,6 +48,15 @@ class SplitPair(BaseModel):
     largest_families: list[FamilyRef]
 
 
+class SizeMapPointOut(BaseModel):
+    run: str
+    n_features: int = Field(description="The size of the point's dictionary: the map's colour.")
+    index: int
+    x: float
+    y: float
+    label: str
+
+
 class SplittingView(BaseModel):
     run: LinkedRun
     threshold: float
@@ -55,6 +64,10 @@ class SplittingView(BaseModel):
         description="The model's dictionaries linked to this run, smallest first."
     )
     pairs: list[SplitPair]
+    size_map: list[SizeMapPointOut] = Field(
+        default_factory=list,
+        description="Every feature of the mapped sizes on one map (UMAP of all their decoder directions).",
+    )
     message: str | None = Field(default=None, description="Why nothing is shown.")
     url: str
 
@@ -115,6 +128,40 @@ def split_pair(
     )
 
 
+def size_map_points(session: Session, run: Run) -> list[SizeMapPointOut]:
+    """The newest map of several sizes holding this run's features: all its points, or []."""
+    if SizeMap.__tablename__ not in table_names(session):
+        return []
+    map_id = session.scalar(
+        select(SizeMapPoint.map_id)
+        .where(SizeMapPoint.run_id == run.id)
+        .order_by(SizeMapPoint.map_id.desc())
+        .limit(1)
+    )
+    if map_id is None:
+        return []
+    rows = session.execute(
+        select(
+            Run.slug,
+            Run.n_features,
+            SizeMapPoint.feature_index,
+            SizeMapPoint.map_x,
+            SizeMapPoint.map_y,
+            Feature.label,
+        )
+        .join(Run, Run.id == SizeMapPoint.run_id)
+        .outerjoin(
+            Feature, (Feature.run_id == SizeMapPoint.run_id) & (Feature.index == SizeMapPoint.feature_index)
+        )
+        .where(SizeMapPoint.map_id == map_id, Run.status == "complete")
+        .order_by(Run.n_features, Run.slug, SizeMapPoint.feature_index)
+    ).all()
+    return [
+        SizeMapPointOut(run=slug, n_features=n, index=index, x=round(x, 4), y=round(y, 4), label=label or "")
+        for slug, n, index, x, y, label in rows
+    ]
+
+
 def splitting_view(session: Session, run: Run, threshold: float = FAMILY_THRESHOLD) -> SplittingView:
     """Every pair of consecutive sizes among the run's linked dictionaries."""
     levels = size_levels(session, run)
@@ -135,6 +182,7 @@ def splitting_view(session: Session, run: Run, threshold: float = FAMILY_THRESHO
         threshold=threshold,
         levels=[linked_run(r) for r in levels],
         pairs=pairs,
+        size_map=size_map_points(session, run) if run.kind == "sae" else [],
         message=message,
         url=links.splitting_url(run.slug),
     )

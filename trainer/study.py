@@ -84,6 +84,7 @@ def match_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
 def run_match(cfg: RunConfig) -> Any:
     """Match the study's runs in the database (nothing to do for a single run)."""
     from trainer.match import match_runs
+    from trainer.size_map import map_sizes
     from trainer.store import open_database
 
     pairs = match_pairs(cfg)
@@ -99,11 +100,14 @@ def run_match(cfg: RunConfig) -> Any:
             tokens_per_batch=cfg.analysis.tokens_per_batch,
             dtype=cfg.analysis.dtype,
         )
+        size_map = map_sizes(engine, cfg.slug, cfg.analysis.seed) if len(size_configs(cfg)) > 1 else None
     finally:
         engine.dispose()
     for link in links[::2]:
         median = "n/a" if link.median is None else f"{link.median:.2f}"
         print(f"match: {link.run_slug} ~ {link.other_slug} ({link.relation}): median best match r {median}")
+    if size_map is not None:
+        print(f"match: one map of {size_map.n_points} features over sizes {', '.join(size_map.slugs)}")
     return links
 
 

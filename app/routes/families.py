@@ -11,10 +11,10 @@ from starlette.responses import Response
 from app import family_charts, family_queries, queries, splitting
 from app.deps import SessionDep
 from app.family_models import FamilyTree, UniversalityView
-from app.splitting import SplittingView
 from app.responses import RUN_RESPONSES
 from app.routes.features import FeatureIndex
 from app.routes.runs import RunSlug
+from app.splitting import SplittingView
 from app.templating import render
 
 router = APIRouter(tags=["study"])
@@ -69,4 +69,7 @@ def read_splitting(session: SessionDep, run: RunSlug) -> SplittingView:
 
 @router.get("/runs/{run}/splitting", include_in_schema=False)
 def show_splitting(request: Request, session: SessionDep, run: RunSlug) -> Response:
-    return render(request, "splitting.html", {"data": _splitting(session, run)})
+    data = _splitting(session, run)
+    return render(
+        request, "splitting.html", {"data": data, "map_chart": family_charts.size_map(data.size_map)}
+    )

@@ -12,14 +12,14 @@ import pytest
 from appdb import SAE_RUN
 from fastapi.testclient import TestClient
 from markupsafe import escape
-from sqlalchemy import text, update
+from sqlalchemy import inspect, select, text, update
 
 from app.main import create_app
 from app.models import Findings
 from app.settings import Settings
 from trainer.cli import build_parser, config_from_args
 from trainer.config import to_dict
-from trainer.schema import SchemaInfo, make_engine
+from trainer.schema import SCHEMA_VERSION, SchemaInfo, ensure_schema, make_engine
 
 CLAIMS = ["reconstruction", "interpretability", "splitting", "universality", "density", "ablation"]
 
@@ -195,3 +195,28 @@ def test_the_commands_shown_rebuild_the_runs_config(
             assert {k: config["study"][k] for k in added} == added
             seen.add(argv[1])
     assert seen == {"train-lm", "harvest", "train-sae", "evaluate", "analyze"}
+
+
+def test_a_database_from_before_size_maps_is_served_and_migrated(writable_db: str) -> None:
+    engine = make_engine(writable_db)
+    with engine.begin() as conn:  # schema version 6: matches, but no maps of several sizes
+        conn.execute(text("DROP TABLE size_map_points"))
+        conn.execute(text("DROP TABLE size_maps"))
+        conn.execute(update(SchemaInfo).values(version=6))
+    with TestClient(create_app(Settings(database_url=writable_db))) as client:
+        view = client.get(f"/api/runs/{SAE_RUN}/splitting")
+        assert view.status_code == 200 and view.json()["size_map"] == []
+        assert "not linked" in view.json()["message"]
+        page = client.get(f"/runs/{SAE_RUN}/splitting")
+        assert page.status_code == 200 and "chart-size-map" not in page.text
+        splitting = next(
+            f
+            for f in client.get(f"/api/runs/{SAE_RUN}/findings").json()["findings"]
+            if f["key"] == "splitting"
+        )
+        assert splitting["status"] == "not_computed" and "`monosemantic " in splitting["how_to_compute"]
+    ensure_schema(engine)  # what the trainer does on its next write
+    assert {"size_maps", "size_map_points"} <= set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        assert conn.execute(select(SchemaInfo.version)).scalar_one() == SCHEMA_VERSION
+    engine.dispose()
