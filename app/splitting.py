@@ -162,8 +162,10 @@ def size_map_points(session: Session, run: Run) -> list[SizeMapPointOut]:
     ]
 
 
-def splitting_view(session: Session, run: Run, threshold: float = FAMILY_THRESHOLD) -> SplittingView:
-    """Every pair of consecutive sizes among the run's linked dictionaries."""
+def splitting_view(
+    session: Session, run: Run, threshold: float = FAMILY_THRESHOLD, with_map: bool = True
+) -> SplittingView:
+    """Every pair of consecutive sizes among the run's linked dictionaries (and their map)."""
     levels = size_levels(session, run)
     pairs = [
         p
@@ -182,7 +184,7 @@ def splitting_view(session: Session, run: Run, threshold: float = FAMILY_THRESHO
         threshold=threshold,
         levels=[linked_run(r) for r in levels],
         pairs=pairs,
-        size_map=size_map_points(session, run) if run.kind == "sae" else [],
+        size_map=size_map_points(session, run) if with_map and run.kind == "sae" else [],
         message=message,
         url=links.splitting_url(run.slug),
     )

@@ -5,7 +5,8 @@ harvested activations (one SAE folder and one database run per size; the neurons
 once). With `study.seed_b`, model B (the same shape, data and schedule, another seed) gets its
 own folder under the run's (sharing the corpus and tokens), its own LM, activations, SAE of the
 main size and analysis. `analyze` then matches the runs: every pair of sizes (feature splitting)
-and A against B, for features and for neurons (universality).
+and A against B, for features and for neurons (universality), and places every size on one
+map (trainer/size_map.py).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def _how(ctx: FindingsContext, run: Run | None) -> str:
 def claim(ctx: FindingsContext) -> Finding:
     run = ctx.feature_run
     threshold = figure(THRESHOLD_FIGURE[0], THRESHOLD_FIGURE[1], THRESHOLD_FIGURE[2], None, "–")
-    view = splitting_view(ctx.session, run, FAMILY_THRESHOLD) if run is not None else None
+    view = splitting_view(ctx.session, run, FAMILY_THRESHOLD, with_map=False) if run is not None else None
     if view is None or not view.pairs:
         return not_computed(KEY, TITLE, CLAIM, _how(ctx, run), [threshold])
     threshold.ours, threshold.ours_text = FAMILY_THRESHOLD, f"{FAMILY_THRESHOLD:g} (activation correlation)"
