@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from app.charts import Spec, _layout
 from app.family_models import BestMatchHistogram, FamilyTree
+from app.links import feature_url
+from app.splitting import SizeMapPointOut
 
 LABEL_CHARS = 50
 
@@ -126,5 +128,52 @@ def best_match_histograms(
             showlegend=True,
             legend={"orientation": "h", "y": -0.35},
             height=300,
+        ),
+    }
+
+
+SIZE_COLOURS = ["#2471a3", "#d35400", "#1e8449", "#8e44ad", "#b7950b", "#c0392b", "#17a589"]
+
+
+def size_map(points: list[SizeMapPointOut]) -> Spec | None:
+    """Every feature of several dictionary sizes on one map, a colour per size (the paper's UMAP
+    of several runs together); hover names a feature, a click opens it."""
+    if not points:
+        return None
+    by_run: dict[str, list[SizeMapPointOut]] = {}
+    for point in points:
+        by_run.setdefault(point.run, []).append(point)
+    traces = []
+    for i, (slug, members) in enumerate(by_run.items()):
+        n = members[0].n_features
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "markers",
+                "name": f"{n} features ({slug})",
+                "x": [p.x for p in members],
+                "y": [p.y for p in members],
+                "customdata": [feature_url(slug, p.index) for p in members],
+                "text": [f"{n}: #{p.index} {p.label[:LABEL_CHARS]}" for p in members],
+                "hovertemplate": "%{text}<extra></extra>",
+                # Larger dictionaries have more, finer features: smaller points, drawn on top.
+                "marker": {
+                    "size": max(3, 8 - i),
+                    "color": SIZE_COLOURS[i % len(SIZE_COLOURS)],
+                    "opacity": 0.7,
+                },
+            }
+        )
+    return {
+        "data": traces,
+        "layout": _layout(
+            "",
+            "",
+            height=560,
+            xaxis={"visible": False},
+            yaxis={"visible": False},
+            hovermode="closest",
+            showlegend=True,
+            legend={"orientation": "h", "y": -0.05},
         ),
     }

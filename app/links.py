@@ -66,3 +66,8 @@ def family_url(slug: str, index: int, api: bool = False) -> str:
 def universality_url(slug: str, api: bool = False, **params: QueryValue) -> str:
     """Best-match correlations of a run's model against models trained from other seeds."""
     return f"{run_url(slug, api)}/universality" + _query(params)
+
+
+def splitting_url(slug: str, api: bool = False) -> str:
+    """Feature splitting across the run's dictionary sizes: the counts, the families, the map."""
+    return f"{run_url(slug, api)}/splitting"

@@ -109,9 +109,26 @@ class RunAnalysis:
     density_histogram: dict[str, Any]
     effects: list[dict[str, Any]] = field(default_factory=list)  # ExampleEffect columns (no run_id)
     findings: dict[str, dict[str, Any]] = field(default_factory=dict)  # RunFinding data by key
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage
     cache_bytes: int = 0
     interpretability: InterpretabilityResult | None = None
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage
+
+
+class StageClock:
+    """Wall and CPU seconds of each analysis stage (CPU: the process's, all threads)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.start()
+
+    def start(self) -> None:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def stop(self, stage: str) -> None:
+        self.wall[stage] = time.perf_counter() - self._wall
+        self.cpu[stage] = time.process_time() - self._cpu
 
 
 def usable_tokens(val_tokens: np.ndarray, cfg: AnalysisConfig, n_ctx: int) -> np.ndarray:
@@ -165,7 +182,7 @@ def analyze_run(
     n_ctx, vocab, n_features = lm.n_ctx, lm.vocab_size, basis.n_features
     tokens = usable_tokens(val_tokens, cfg, n_ctx)
     texts = token_texts if token_texts is not None else [str(i) for i in range(vocab)]
-    timings: dict[str, float] = {}
+    clock = StageClock()
     was_training = lm.module.training
     lm.module.eval()
     encoder_module = getattr(basis.encode, "__self__", None)
@@ -175,7 +192,7 @@ def analyze_run(
     try:
         with SparseCache(n_features, cache_dir) as cache:
             # Pass 1: encode, keep the sparse activations, counts, sums, top-k, token tables.
-            t0 = time.perf_counter()
+            clock.start()
             batch_tokens = max(1, cfg.tokens_per_batch // n_ctx) * n_ctx
             n_batches = math.ceil(len(tokens) / batch_tokens)
             step = _stage("analysis: encode", n_batches, progress)
@@ -187,10 +204,10 @@ def analyze_run(
                 cache.append(batch, raw)
                 step(1)
             stats = first.result
-            timings["encode"] = time.perf_counter() - t0
+            clock.stop("encode")
 
             # Pass 2: histograms and interval samples, now that each maximum is known.
-            t0 = time.perf_counter()
+            clock.start()
             step = _stage("analysis: histograms", n_batches, progress)
             second = second_pass(
                 _tracked(cache, step),
@@ -200,19 +217,19 @@ def analyze_run(
                 cfg.examples_per_interval,
                 cfg.seed,
             )
-            timings["histograms"] = time.perf_counter() - t0
+            clock.stop("histograms")
 
             # Pass 3: the activations on every token of every example window.
-            t0 = time.perf_counter()
+            clock.start()
             top_windows = windows_of(stats.top.positions, None, len(tokens), cfg)
             interval_windows = windows_of(second.intervals.positions, cfg.n_intervals, len(tokens), cfg)
             both = concat_windows(top_windows, interval_windows)
             step = _stage("analysis: examples", n_batches, progress)
             fill_window_activations(both, _tracked(cache, step), n_features)
-            timings["examples"] = time.perf_counter() - t0
+            clock.stop("examples")
 
             # Pass 4: the top examples' ablation effects (the underlines of the feature pages).
-            t0 = time.perf_counter()
+            clock.start()
             n_top = int(top_windows.features.numel())
             top_windows.activations = both.activations[:n_top]
             step = _stage("analysis: ablations", n_batches, progress)
@@ -228,9 +245,9 @@ def analyze_run(
                 )
             else:  # ablations run on our own model only (yet): NaN, not computed
                 effects = torch.full(top_windows.valid.shape, float("nan"))
-            timings["ablations"] = time.perf_counter() - t0
+            clock.stop("ablations")
             # Passes 5-6: automatic interpretability, explained on even contexts, scored on odd ones.
-            t0 = time.perf_counter()
+            clock.start()
             n_top = int(top_windows.features.numel())
             interpretability = interpret_units(
                 cache,
@@ -245,10 +262,10 @@ def analyze_run(
                 texts,
                 log=lambda line: tqdm.write(f"{basis.kind}: {line}"),
             )
-            timings["interpretability"] = time.perf_counter() - t0
+            clock.stop("interpretability")
             cache_bytes = cache.n_bytes
 
-        t0 = time.perf_counter()
+        clock.start()
         examples = example_rows(both, tokens, cfg, n_top)
         effect_table = effect_rows(top_windows, effects)
         findings = {"ablation": ablation_summary(top_windows, effects)}
@@ -262,13 +279,13 @@ def analyze_run(
             cfg,
         )
         token_features = token_feature_rows(stats, cfg.n_token_features)
-        timings["summaries"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        clock.stop("summaries")
+        clock.start()
         coordinates = feature_map(basis.neighbour_vectors, cfg.seed)
         if coordinates is not None:
             for row, (x, y) in zip(features, coordinates.tolist(), strict=True):
                 row["map_x"], row["map_y"] = x, y
-        timings["map"] = time.perf_counter() - t0
+        clock.stop("map")
     finally:
         lm.module.train(was_training)
         if isinstance(encoder_module, torch.nn.Module):
@@ -282,9 +299,10 @@ def analyze_run(
         density_histogram(density, len(tokens)),
         effect_table,
         findings,
-        timings,
+        clock.wall,
         cache_bytes,
         interpretability,
+        clock.cpu,
     )
 
 

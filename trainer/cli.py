@@ -335,15 +335,19 @@ def _exchange(args: argparse.Namespace) -> int:
 
 def _match(db_url: str | None, runs: list[str], n_tokens: int | None) -> None:
     from trainer.match import match_runs
+    from trainer.size_map import map_sizes
     from trainer.store import open_database
 
     if len(runs) != 2:
         raise ConfigError(f"match takes two runs (--run A --run B), not {len(runs)}")
     engine = open_database(_existing_database(db_url))
     try:
-        for link in match_runs(engine, [(runs[0], runs[1])], n_tokens=n_tokens):
+        links = match_runs(engine, [(runs[0], runs[1])], n_tokens=n_tokens)
+        for link in links:
             median = "n/a" if link.median is None else f"{link.median:.3f}"
             print(f"{link.run_slug} -> {link.other_slug} ({link.relation}): median best-match r {median}")
+        if links[0].relation == "sizes" and (size_map := map_sizes(engine, runs[0])) is not None:
+            print(f"one map of {size_map.n_points} features over sizes {', '.join(size_map.slugs)}")
     finally:
         engine.dispose()
 

@@ -38,7 +38,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
@@ -285,6 +285,31 @@ class FeatureMatch(Base):
     __table_args__ = (Index("ix_feature_matches_other", "link_id", "other_index", "rank"),)
 
 
+class SizeMap(Base):
+    """One feature map drawn over the dictionaries of several sizes of one model together (UMAP of
+    all their decoder directions at once), so that a feature and its children sit near each other."""
+
+    __tablename__ = "size_maps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(200), index=True)
+    n_points: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SizeMapPoint(Base):
+    """A feature of one of a SizeMap's runs, placed on that map."""
+
+    __tablename__ = "size_map_points"
+    map_id: Mapped[int] = mapped_column(ForeignKey("size_maps.id", ondelete="CASCADE"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    map_x: Mapped[float] = mapped_column(Float)
+    map_y: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_size_map_points_run", "run_id", "map_id"),)
+
+
 # ----------------------------------------------------------------------------- arrays
 
 
@@ -416,12 +441,18 @@ def _add_interpretations(conn: Connection) -> None:
     Interpretation.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _add_size_maps(conn: Connection) -> None:
+    for table in (SizeMap, SizeMapPoint):
+        table.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_stored_pages,
     2: _add_feature_map,
     3: _add_findings_tables,
     4: _add_feature_matches,
     5: _add_interpretations,
+    6: _add_size_maps,
 }
 
 

@@ -5,7 +5,8 @@ harvested activations (one SAE folder and one database run per size; the neurons
 once). With `study.seed_b`, model B (the same shape, data and schedule, another seed) gets its
 own folder under the run's (sharing the corpus and tokens), its own LM, activations, SAE of the
 main size and analysis. `analyze` then matches the runs: every pair of sizes (feature splitting)
-and A against B, for features and for neurons (universality).
+and A against B, for features and for neurons (universality), and places every size on one
+map (trainer/size_map.py).
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def match_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
 def run_match(cfg: RunConfig) -> Any:
     """Match the study's runs in the database (nothing to do for a single run)."""
     from trainer.match import match_runs
+    from trainer.size_map import map_sizes
     from trainer.store import open_database
 
     pairs = match_pairs(cfg)
@@ -99,11 +101,14 @@ def run_match(cfg: RunConfig) -> Any:
             tokens_per_batch=cfg.analysis.tokens_per_batch,
             dtype=cfg.analysis.dtype,
         )
+        size_map = map_sizes(engine, cfg.slug, cfg.analysis.seed) if len(size_configs(cfg)) > 1 else None
     finally:
         engine.dispose()
     for link in links[::2]:
         median = "n/a" if link.median is None else f"{link.median:.2f}"
         print(f"match: {link.run_slug} ~ {link.other_slug} ({link.relation}): median best match r {median}")
+    if size_map is not None:
+        print(f"match: one map of {size_map.n_points} features over sizes {', '.join(size_map.slugs)}")
     return links
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from app import links
-from app.findings import ablation, density, pending, reconstruction
+from app.findings import ablation, density, interpretability, reconstruction, splitting, universality
 from app.findings.context import FindingsContext, companion_runs
 from app.models import Finding, Findings
 from app.queries import run_ref, table_names
@@ -29,9 +29,9 @@ Claim = Callable[[FindingsContext], Finding]
 # pages' downstream effects.
 CLAIMS: list[Claim] = [
     reconstruction.claim,
-    pending.interpretability,
-    pending.splitting,
-    pending.universality,
+    interpretability.claim,
+    splitting.claim,
+    universality.claim,
     density.claim,
     ablation.claim,
 ]

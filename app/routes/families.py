@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app import family_charts, family_queries, queries
+from app import family_charts, family_queries, queries, splitting
 from app.deps import SessionDep
 from app.family_models import FamilyTree, UniversalityView
 from app.responses import RUN_RESPONSES
 from app.routes.features import FeatureIndex
 from app.routes.runs import RunSlug
+from app.splitting import SplittingView
 from app.templating import render
 
 router = APIRouter(tags=["study"])
@@ -54,3 +55,21 @@ def show_universality(
     data = _universality(session, run, other)
     chart = family_charts.best_match_histograms(data.features, data.neurons)
     return render(request, "universality.html", {"data": data, "histogram_chart": chart})
+
+
+def _splitting(session: SessionDep, run: str) -> SplittingView:
+    return splitting.splitting_view(session, queries.get_run(session, run))
+
+
+@router.get("/api/runs/{run}/splitting", response_model=SplittingView, responses=RUN_RESPONSES)
+def read_splitting(session: SessionDep, run: RunSlug) -> SplittingView:
+    """Feature splitting across the run's dictionary sizes: children per feature and the largest families."""
+    return _splitting(session, run)
+
+
+@router.get("/runs/{run}/splitting", include_in_schema=False)
+def show_splitting(request: Request, session: SessionDep, run: RunSlug) -> Response:
+    data = _splitting(session, run)
+    return render(
+        request, "splitting.html", {"data": data, "map_chart": family_charts.size_map(data.size_map)}
+    )

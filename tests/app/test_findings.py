@@ -3,18 +3,23 @@ ablation underlines: on a real tiny run, and on a database from before them."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 from typing import Any
 
 import pytest
 from appdb import SAE_RUN
 from fastapi.testclient import TestClient
-from sqlalchemy import text, update
+from markupsafe import escape
+from sqlalchemy import inspect, select, text, update
 
 from app.main import create_app
 from app.models import Findings
 from app.settings import Settings
-from trainer.schema import SchemaInfo, make_engine
+from trainer.cli import build_parser, config_from_args
+from trainer.config import to_dict
+from trainer.schema import SCHEMA_VERSION, SchemaInfo, ensure_schema, make_engine
 
 CLAIMS = ["reconstruction", "interpretability", "splitting", "universality", "density", "ablation"]
 
@@ -36,12 +41,17 @@ def test_findings_page_and_twin(real_client: TestClient, runs: dict[str, dict[st
     assert findings.feature_run is not None and findings.feature_run.slug == runs["sae"]["slug"]
     assert findings.neuron_run is not None and findings.neuron_run.slug == runs["neurons"]["slug"]
     by_key = {f.key: f for f in findings.findings}
-    for key in ("interpretability", "splitting", "universality"):
-        assert by_key[key].status == "not_computed" and by_key[key].how_to_compute
-        assert all(fig.ours is None and fig.paper_text for fig in by_key[key].figures)
-    for key in ("reconstruction", "density", "ablation"):
+    for key in ("reconstruction", "interpretability", "density", "ablation"):
         assert by_key[key].status == "computed", key
-    assert page.text.count("not computed for this run") == 3
+    # One dictionary size and one model: no links, and each claim says which command makes them.
+    for key in ("splitting", "universality"):
+        assert (
+            by_key[key].status == "not_computed" and "Not computed for this run" in by_key[key].how_to_compute
+        )
+        assert all(fig.ours is None and fig.paper_text for fig in by_key[key].figures)
+        command = by_key[key].how_to_compute.split("`")[1]  # type: ignore[union-attr]
+        assert f'<code class="command">{escape(command)}</code>' in page.text
+    assert page.text.count("not computed for this run</span>") == 2
     assert f'<link rel="alternate" type="application/json" href="{run["api_url"]}/findings">' in page.text
     for finding in findings.findings:
         assert f'<section id="{finding.key}" class="finding status-{finding.status}">' in page.text
@@ -136,3 +146,77 @@ def test_a_database_from_before_findings_is_served_without_them(writable_db: str
 def test_unknown_run_findings_is_404(client: TestClient) -> None:
     assert client.get("/runs/nope/findings").status_code == 404
     assert client.get("/api/runs/nope/findings").status_code == 404
+
+
+def test_interpretability_finding_carries_the_views_medians(
+    real_client: TestClient, runs: dict[str, dict[str, Any]]
+) -> None:
+    findings = real_client.get(f"{runs['neurons']['api_url']}/findings").json()["findings"]
+    finding = next(f for f in findings if f["key"] == "interpretability")
+    groups = real_client.get(f"{runs['sae']['api_url']}/interpretability").json()["groups"]
+    local = {g["unit"]: g for g in groups if g["explainer"] == "local"}
+    figures = {f["name"]: f for f in finding["figures"]}
+    for unit in ("features", "neurons"):
+        logit = figures[f"median logit score, {unit}"]
+        assert logit["ours"] == pytest.approx(local[unit]["median_logit_score"])
+        assert logit["ours_text"] == f"{local[unit]['median_logit_score']:.3g}"
+        assert figures[f"median simulation score (correlation), {unit}"]["ours"] == pytest.approx(
+            local[unit]["median_score"]
+        )
+        assert finding["details"][unit]["n_scored"] == local[unit]["n_scored"] > 0
+    assert figures["median logit score, features"]["paper"] == 0.74
+    assert figures["median logit score, neurons"]["paper"] == 0.53
+    assert [link["url"] for link in finding["links"]] == [f"{runs['sae']['url']}/interpretability"]
+    page = real_client.get(f"{runs['sae']['url']}/findings").text
+    section = page[page.index('<section id="interpretability"') : page.index('<section id="splitting"')]
+    assert f'<td class="num ours">{local["features"]["median_logit_score"]:.3g}</td>' in section
+
+
+def test_the_commands_shown_rebuild_the_runs_config(
+    real_client: TestClient, runs: dict[str, dict[str, Any]]
+) -> None:
+    """Each command of a not-computed claim parses, and describes this very run (same folder,
+    database and settings), with the sizes or model B it adds."""
+    findings = real_client.get(f"{runs['sae']['api_url']}/findings").json()["findings"]
+    run = real_client.get(runs["sae"]["api_url"]).json()
+    expected = json.loads(json.dumps(run["config"]))
+    n = runs["sae"]["n_features"]
+    seen = set()
+    for key, added in (("splitting", {"sizes": [n, n // 2]}), ("universality", {"seed_b": 1})):
+        how = next(f for f in findings if f["key"] == key)["how_to_compute"]
+        for command in how.split("`")[1].split("; "):
+            argv = shlex.split(command)
+            assert argv[0] == "monosemantic" and "--resume" in argv
+            args = build_parser().parse_args(argv[1:])
+            config = json.loads(json.dumps(to_dict(config_from_args(args))))
+            assert {k: v for k, v in config.items() if k != "study"} == {
+                k: v for k, v in expected.items() if k != "study"
+            }, command
+            assert {k: config["study"][k] for k in added} == added
+            seen.add(argv[1])
+    assert seen == {"train-lm", "harvest", "train-sae", "evaluate", "analyze"}
+
+
+def test_a_database_from_before_size_maps_is_served_and_migrated(writable_db: str) -> None:
+    engine = make_engine(writable_db)
+    with engine.begin() as conn:  # schema version 6: matches, but no maps of several sizes
+        conn.execute(text("DROP TABLE size_map_points"))
+        conn.execute(text("DROP TABLE size_maps"))
+        conn.execute(update(SchemaInfo).values(version=6))
+    with TestClient(create_app(Settings(database_url=writable_db))) as client:
+        view = client.get(f"/api/runs/{SAE_RUN}/splitting")
+        assert view.status_code == 200 and view.json()["size_map"] == []
+        assert "not linked" in view.json()["message"]
+        page = client.get(f"/runs/{SAE_RUN}/splitting")
+        assert page.status_code == 200 and "chart-size-map" not in page.text
+        splitting = next(
+            f
+            for f in client.get(f"/api/runs/{SAE_RUN}/findings").json()["findings"]
+            if f["key"] == "splitting"
+        )
+        assert splitting["status"] == "not_computed" and "`monosemantic " in splitting["how_to_compute"]
+    ensure_schema(engine)  # what the trainer does on its next write
+    assert {"size_maps", "size_map_points"} <= set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        assert conn.execute(select(SchemaInfo.version)).scalar_one() == SCHEMA_VERSION
+    engine.dispose()

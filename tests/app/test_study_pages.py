@@ -3,7 +3,10 @@ command line, then its family and universality views in-process and in a real br
 
 from __future__ import annotations
 
+import math
 import shutil
+import sqlite3
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 from appdb import start_server
 from fastapi.testclient import TestClient
+from markupsafe import escape
 from playwright.sync_api import expect, sync_playwright
 from sqlalchemy.orm import Session
 
@@ -121,6 +125,82 @@ def test_universality_histograms_for_features_and_neurons(client: TestClient) ->
     assert f"features <strong>{features['median']:.3g}" in summary and "(paper 0.72)" in summary
 
 
+def _children_in_large(path: Path) -> Counter[int]:
+    """Per feature of the small dictionary, its children in the large one, straight from the tables."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT m.other_index FROM feature_matches m JOIN run_links l ON l.id = m.link_id "
+            "JOIN runs a ON a.id = l.run_id JOIN runs b ON b.id = l.other_run_id "
+            "WHERE a.slug = ? AND b.slug = ? AND m.rank = 0 AND m.activation_correlation >= 0.4",
+            (LARGE, SMALL),
+        ).fetchall()
+    return Counter(index for (index,) in rows)
+
+
+def test_findings_show_the_studys_numbers_beside_the_papers(
+    client: TestClient, study: SimpleNamespace
+) -> None:
+    twin = client.get(f"/api/runs/{SMALL}/findings").json()
+    by_key = {f["key"]: f for f in twin["findings"]}
+    assert all(f["status"] == "computed" for f in by_key.values()), [
+        f["key"] for f in by_key.values() if f["status"] != "computed"
+    ]
+    children = _children_in_large(study.path)
+    splitting = {f["name"]: f for f in by_key["splitting"]["figures"]}
+    parents = splitting["64 → 128: features with a child in the larger dictionary"]
+    assert parents["ours"] == pytest.approx(len(children) / 64) and parents["paper_text"] == "not stated"
+    assert splitting["64 → 128: features that split into two or more"]["ours_text"] == (
+        f"{sum(n >= 2 for n in children.values())} of 64"
+    )
+    assert splitting["link threshold (activation correlation)"]["paper"] == 0.4
+    [pair] = by_key["splitting"]["details"]["pairs"]
+    assert pair["n_linked"] == sum(children.values())
+    universality = client.get(f"/api/runs/{SMALL}/universality").json()
+    figures = {f["name"]: f for f in by_key["universality"]["figures"]}
+    for unit, paper in (("features", 0.72), ("neurons", 0.46)):
+        assert figures[f"median best-match correlation, {unit}"]["ours"] == universality[unit][0]["median"]
+        assert figures[f"median best-match correlation, {unit}"]["paper"] == paper
+    page = client.get(f"/runs/{SMALL}/findings").text
+    assert "not computed for this run" not in page
+    for key in ("interpretability", "splitting", "universality"):
+        section = page[page.index(f'<section id="{key}"') :]
+        section = section[: section.index("</section>")]
+        for fig in by_key[key]["figures"]:
+            assert f'<td class="num ours">{escape(fig["ours_text"])}</td>' in section, fig
+        for link in by_key[key]["links"]:
+            assert f'href="{escape(link["url"])}"' in section
+            assert client.get(link["url"]).status_code == 200, link["url"]
+
+
+def test_splitting_view_and_its_map_of_every_size(client: TestClient, study: SimpleNamespace) -> None:
+    view = client.get(f"/api/runs/{SMALL}/splitting").json()
+    assert view["message"] is None and [level["slug"] for level in view["levels"]] == [SMALL, LARGE]
+    [pair] = view["pairs"]
+    children = _children_in_large(study.path)
+    assert pair["n_parents"] == len(children) and pair["n_split"] == sum(n >= 2 for n in children.values())
+    assert [(f["index"], f["n_children"]) for f in pair["largest_families"]] == sorted(
+        children.items(), key=lambda item: (-item[1], item[0])
+    )[:5]
+    points = view["size_map"]
+    assert sorted((p["run"], p["index"]) for p in points) == sorted(
+        [(SMALL, i) for i in range(64)] + [(LARGE, i) for i in range(128)]
+    )
+    assert {p["n_features"] for p in points} == {64, 128}
+    assert all(math.isfinite(p["x"]) and math.isfinite(p["y"]) for p in points)
+    assert len({(p["x"], p["y"]) for p in points}) > 100  # placed, not piled up
+    # One map for both: the larger run's view shows the same points.
+    assert client.get(f"/api/runs/{LARGE}/splitting").json()["size_map"] == points
+    page = client.get(f"/runs/{SMALL}/splitting").text
+    assert (
+        'id="chart-size-map"' in page
+        and f'<link rel="alternate" type="application/json" href="/api/runs/{SMALL}/splitting">' in page
+    )
+    for family in pair["largest_families"]:
+        assert f'class="family-link" href="{family["url"]}"' in page
+    neurons = client.get("/api/runs/tinystudy-neurons/splitting").json()
+    assert "holds neurons" in neurons["message"] and neurons["size_map"] == []
+
+
 def _add_run(path: Path, slug: str, d_in: int, vocabulary: list[bytes]) -> None:
     engine = make_engine(f"sqlite:///{path}")
     with Session(engine) as session:
@@ -182,6 +262,9 @@ def test_match_command_rematches_two_runs(study: SimpleNamespace, tmp_path: Path
     with TestClient(create_app(Settings(database_url=url))) as test_client:
         group = test_client.get(f"/api/runs/{SMALL}/features/0").json()["matches"]["sizes"][0]
     assert group["n_tokens"] == 2048  # replaced, not duplicated
+    with sqlite3.connect(path) as db:  # and the map of both sizes drawn again, replacing the old
+        assert db.execute("SELECT count(*) FROM size_maps").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM size_map_points").fetchone() == (64 + 128,)
     assert main(["match", "--db", url, "--run", SMALL, "--run", "missing"]) == 2
 
 
@@ -210,6 +293,16 @@ def test_family_view_and_b_match_link_in_a_browser(study: SimpleNamespace, clien
             expect(page.locator("h1")).to_have_text(
                 f"Feature {client.get(f'/api/runs/{LARGE}/features/5/family').json()['nodes'][0]['index']}"
             )
+            # The findings page links to each view; the splitting view draws every size on one map.
+            page.goto(f"{base}/runs/{SMALL}/findings")
+            page.locator("#splitting").get_by_role("link", name="feature splitting across").click()
+            expect(page).to_have_url(f"{base}/runs/{SMALL}/splitting")
+            expect(
+                page.locator("[data-chart=chart-size-map].js-plotly-plot svg.main-svg").first
+            ).to_be_visible()
+            page.go_back()
+            page.locator("#universality").get_by_role("link", name="best-match histograms").click()
+            expect(page).to_have_url(f"{base}/runs/{SMALL}/universality")
             browser.close()
     finally:
         proc.terminate()
