@@ -1,5 +1,5 @@
 """Error pages: a missing run or feature, a bad query parameter, an unknown path, a busy server,
-a bug.
+a run's model folder gone from disk (503, naming it), a bug.
 
 Under /api/ the answer is JSON ({"detail": ...}, FastAPI's shape); elsewhere an HTML page that
 says what was asked for and links back. A 405 keeps its Allow header; a 503 (every live slot or
@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Match
 
+from app.inference import ModelMissing
 from app.live import LiveBusy
 from app.queries import NotFoundError
 from app.security import HEADERS as SECURITY_HEADERS
@@ -137,6 +138,14 @@ async def handle_busy(request: Request, exc: Exception) -> Response:
     return error(request, 503, str(exc), {"Retry-After": str(exc.retry_after)})
 
 
+async def handle_model_missing(request: Request, exc: Exception) -> Response:
+    """A live page of a run whose model, tokenizer or SAE folder is gone: 503 naming the path
+    (no Retry-After: it comes back when someone restores the folder, not by waiting)."""
+    if is_api(request):
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+    return error_page(request, 503, "Model unavailable", [str(exc)])
+
+
 async def handle_pool_timeout(request: Request, exc: Exception) -> Response:
     """Every database connection of this worker stayed taken for `db_pool_timeout` seconds."""
     retry_after = str(request.app.state.settings.live_retry_after)
@@ -163,5 +172,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
     app.add_exception_handler(LiveBusy, handle_busy)
+    app.add_exception_handler(ModelMissing, handle_model_missing)
     app.add_exception_handler(PoolTimeoutError, handle_pool_timeout)
     app.add_exception_handler(Exception, handle_server_error)

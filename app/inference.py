@@ -1,14 +1,17 @@
 """Live inference for one run: tokenise a text, run the model, read its features.
 
-The run's tokenizer (`artifacts_path/tokenizer.json`), model (`artifacts_path/lm/`) and, for an
-'sae' run, its SAE (`sae_path`) are loaded once per run and kept (`load_artifacts` is cached).
-For a 'neurons' run the features are the MLP activations themselves.
+A run's model is either ours (`artifacts_path` holds tokenizer.json and lm/) or a transformers
+causal LM (the stored config's `model_path`, read at its `hook` through trainer.hf_model, with
+its own tokenizer); an 'sae' run adds its SAE (`sae_path`, ours or SAELens's layout). They are
+loaded once per run and kept (`load_artifacts` is cached). For a 'neurons' run the features are
+the activations at the hook (the MLP's neurons) themselves.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,19 +20,59 @@ import numpy as np
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from trainer.hooks import HookedLM
+    from trainer.schema import Run
+
 TOP_PER_TOKEN = 5
 
 
 class ArtifactsUnavailable(RuntimeError):
-    """The run's saved model cannot be loaded; the message says what is missing."""
+    """The run records no model to run (or one that cannot be loaded); the message says why."""
+
+
+class ModelMissing(RuntimeError):
+    """A model, tokenizer or SAE folder the run records is gone from disk; the message names it.
+    The live pages answer 503: the run is fine, the server cannot run it until the folder is back."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a run records about the model its live pages run (hashable: the cache's key)."""
+
+    kind: str  # 'sae' or 'neurons'
+    artifacts_path: str | None  # our model: the folder with tokenizer.json and lm/
+    sae_path: str | None
+    model_path: str | None  # a transformers model (a folder, or a hub id) read at `hook`
+    hook: str | None
+    n_ctx: int
+
+
+def model_source(record: Run) -> ModelSource:
+    """The model, hook and SAE a run was analysed on, from its row and stored RunConfig."""
+    config: dict[str, Any] = record.config or {}
+    model: dict[str, Any] = config.get("model") or {}
+    return ModelSource(
+        kind=record.kind,
+        artifacts_path=record.artifacts_path,
+        sae_path=record.sae_path,
+        model_path=config.get("model_path"),
+        hook=config.get("hook"),
+        n_ctx=int(model.get("n_ctx") or 0),
+    )
 
 
 @dataclass(frozen=True)
 class Artifacts:
     tokenizer: Tokenizer
-    model: Any  # trainer.model.OneLayerTransformer (torch is imported only when inference is used)
+    lm: HookedLM  # the model at its hook (torch is imported only when inference is used)
     sae: Any | None  # trainer.sae.SparseAutoencoder, None for a 'neurons' run
     n_ctx: int
+    add_special_tokens: bool = True  # False for a transformers model: as its corpus was encoded
+    # Forward hooks are set on the shared model for the length of a call: one call at a time.
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids)
 
 
 @dataclass(frozen=True)
@@ -39,48 +82,82 @@ class Activations:
     values: np.ndarray  # [seq, n_features]
 
 
-@functools.lru_cache(maxsize=4)
-def load_artifacts(kind: str, artifacts_path: str | None, sae_path: str | None) -> Artifacts:
-    """Tokenizer, model and (for an 'sae' run) SAE of a run; raises ArtifactsUnavailable."""
-    if not artifacts_path:
+def _load_sae(source: ModelSource, d_in: int) -> Any | None:
+    if source.kind != "sae":
+        return None
+    if not source.sae_path:
+        raise ArtifactsUnavailable("This run records no SAE folder, so its features cannot be computed.")
+    if not Path(source.sae_path).is_dir():
+        raise ModelMissing(f"The run's SAE folder is missing ({source.sae_path}).")
+    from trainer.sae import SparseAutoencoder
+
+    sae = SparseAutoencoder.load(Path(source.sae_path))
+    if int(sae.W_dec.shape[1]) != d_in:
+        raise ArtifactsUnavailable(
+            f"The run's SAE ({source.sae_path}) reads {int(sae.W_dec.shape[1])}-dimensional inputs "
+            f"but the model's hook has {d_in}."
+        )
+    return sae
+
+
+def _load_transformers(source: ModelSource) -> Artifacts:
+    assert source.model_path is not None  # nosec B101  # narrows the type for mypy
+    if not source.hook:
+        raise ArtifactsUnavailable("This run names a transformers model but no hook point.")
+    folder = Path(source.model_path)
+    if folder.is_absolute() and not folder.is_dir():  # stored absolute when it was a folder
+        raise ModelMissing(f"The run's model folder is missing ({folder}).")
+    from trainer.hf_model import load_hooked, load_tokenizer
+
+    tokenizer = load_tokenizer(source.model_path).backend_tokenizer
+    lm = load_hooked(source.model_path, source.hook, n_ctx=source.n_ctx or 1024, device="cpu")
+    sae = _load_sae(source, lm.d_in)
+    return Artifacts(tokenizer=tokenizer, lm=lm, sae=sae, n_ctx=lm.n_ctx, add_special_tokens=False)
+
+
+def _load_own(source: ModelSource) -> Artifacts:
+    if not source.artifacts_path:
         raise ArtifactsUnavailable("This run records no artifacts folder, so there is no model to run.")
-    root = Path(artifacts_path)
+    root = Path(source.artifacts_path)
     tokenizer_path, lm_dir = root / "tokenizer.json", root / "lm"
     if not tokenizer_path.exists():
-        raise ArtifactsUnavailable(f"The run's tokenizer is missing ({tokenizer_path}).")
+        raise ModelMissing(f"The run's tokenizer is missing ({tokenizer_path}).")
     if not (lm_dir / "model.safetensors").exists():
-        raise ArtifactsUnavailable(f"The run's model is missing ({lm_dir}).")
-    if kind == "sae" and not sae_path:
-        raise ArtifactsUnavailable("This run records no SAE folder, so its features cannot be computed.")
+        raise ModelMissing(f"The run's model is missing ({lm_dir}).")
+    from trainer.hooks import OneLayerHooked
+    from trainer.model import OneLayerTransformer
+    from trainer.tokenizer import load_tokenizer
+
+    lm = OneLayerHooked(OneLayerTransformer.load(lm_dir))
+    sae = _load_sae(source, lm.d_in)
+    return Artifacts(tokenizer=load_tokenizer(tokenizer_path), lm=lm, sae=sae, n_ctx=int(lm.n_ctx))
+
+
+@functools.lru_cache(maxsize=4)
+def load_artifacts(source: ModelSource) -> Artifacts:
+    """Tokenizer, model at its hook and (for an 'sae' run) SAE of a run; raises ModelMissing for
+    a recorded folder that is gone, ArtifactsUnavailable for anything else that stops it."""
     try:
-        from trainer.model import OneLayerTransformer
-        from trainer.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(tokenizer_path)
-        model = OneLayerTransformer.load(lm_dir)
-        sae = None
-        if kind == "sae":
-            from trainer.sae import SparseAutoencoder
-
-            sae = SparseAutoencoder.load(Path(str(sae_path)))
+        return _load_transformers(source) if source.model_path else _load_own(source)
+    except (ArtifactsUnavailable, ModelMissing):
+        raise
     except (OSError, ValueError, ImportError, RuntimeError, KeyError) as exc:
         raise ArtifactsUnavailable(f"The run's saved model could not be loaded: {exc}") from exc
-    return Artifacts(tokenizer=tokenizer, model=model, sae=sae, n_ctx=int(model.cfg.n_ctx))
 
 
 def feature_activations(artifacts: Artifacts, text: str) -> Activations:
     """Activations [seq, n_features] of every token of `text` (cut to the model's context)."""
     import torch
 
-    token_ids: list[int] = list(artifacts.tokenizer.encode(text).ids)
+    token_ids = artifacts.encode(text)
     truncated = len(token_ids) > artifacts.n_ctx
     token_ids = token_ids[: artifacts.n_ctx]
     if not token_ids:
         return Activations(token_ids=[], truncated=False, values=np.zeros((0, 0), dtype=np.float32))
-    with torch.no_grad():
+    with torch.no_grad(), artifacts.lock:
         idx = torch.tensor([token_ids], dtype=torch.long)
-        mlp = artifacts.model.mlp_activations(idx)[0].float()  # [seq, d_mlp]
-        values = artifacts.sae.encode(mlp) if artifacts.sae is not None else mlp
+        at_hook = artifacts.lm.activations(idx)[0].float()  # [seq, d_in]
+        values = artifacts.sae.encode(at_hook) if artifacts.sae is not None else at_hook
     return Activations(token_ids=token_ids, truncated=truncated, values=values.float().numpy())
 
 

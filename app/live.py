@@ -16,7 +16,10 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from app.inference import ModelSource
 
 T = TypeVar("T")
 
@@ -88,7 +91,5 @@ class Prepared(Generic[Answer]):
     by then, so no connection is held during model work), and its answer without model output."""
 
     run_id: int
-    kind: str
-    artifacts_path: str | None
-    sae_path: str | None
+    source: ModelSource  # the model, hook and SAE the run was analysed on
     empty: Answer

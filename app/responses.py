@@ -26,4 +26,11 @@ BUSY: dict[int | str, dict[str, Any]] = {
 }
 READ_RESPONSES = BUSY  # every database read may find the connection pool exhausted
 RUN_RESPONSES = NOT_FOUND | BUSY
-LIVE_RESPONSES = NOT_FOUND | BUSY
+LIVE_RESPONSES: dict[int | str, dict[str, Any]] = NOT_FOUND | {
+    503: {
+        **BUSY[503],
+        "description": "The server is busy (every live slot or database connection is taken; the "
+        "Retry-After header says after how many seconds to try again), or the run's model, "
+        "tokenizer or SAE folder is missing from disk (the detail names it; no Retry-After).",
+    }
+}

@@ -2,8 +2,9 @@
 
 Greedy continuations of a prompt, once as the model writes it and once with one feature (or,
 for a 'neurons' run, one neuron) held at a fixed value at every position, prompt and generated.
-For an 'sae' run the MLP activations x become x + (value − f_i(x))·W_dec[i]: only feature i
-changes, the SAE's reconstruction error is kept, and value = f_i(x) changes nothing.
+For an 'sae' run the activations x at the run's hook (our model's MLP neurons, or any hook of a
+transformers model) become x + (value − f_i(x))·W_dec[i]: only feature i changes, the SAE's
+reconstruction error is kept, and value = f_i(x) changes nothing.
 Contexts longer than the model's n_ctx lose their oldest tokens.
 """
 
@@ -44,7 +45,7 @@ class Steering:
 
 
 def pin_feature(x: torch.Tensor, sae: Any, index: int, value: float) -> torch.Tensor:
-    """MLP activations x [..., d_in] with SAE feature `index` moved to `value` and nothing else
+    """Activations x [..., d_in] at the hook with SAE feature `index` moved to `value` and nothing else
     changed: x + (value − f_i(x))·W_dec[i]."""
     f_i: torch.Tensor = sae.encode(x.reshape(-1, x.shape[-1]).float())[:, index].reshape(x.shape[:-1])
     direction: torch.Tensor = sae.W_dec[index]
@@ -52,7 +53,7 @@ def pin_feature(x: torch.Tensor, sae: Any, index: int, value: float) -> torch.Te
 
 
 def pin_neuron(x: torch.Tensor, index: int, value: float) -> torch.Tensor:
-    """MLP activations x [..., d_mlp] with neuron `index` set to `value`."""
+    """Activations x [..., d_in] at the hook with neuron `index` set to `value`."""
     pinned = x.clone()
     pinned[..., index] = value
     return pinned
@@ -78,7 +79,7 @@ def _generate(
     next_tokens: list[NextToken] = []
     for step in range(n_tokens):
         idx = torch.tensor([ids[-artifacts.n_ctx :]], dtype=torch.long)
-        logits = artifacts.model(idx, mlp_replacement=replacement).logits[0, -1]
+        logits = artifacts.lm.logits(idx, replacement)[0, -1]
         if step == 0:
             next_tokens = _top_next(logits, k)
         ids.append(int(torch.argmax(logits)))
@@ -94,7 +95,7 @@ def steer(
     text has no tokens."""
     import torch
 
-    prompt_ids: list[int] = list(artifacts.tokenizer.encode(text).ids)
+    prompt_ids = artifacts.encode(text)
     if not prompt_ids:
         return None
     sae = artifacts.sae
@@ -102,10 +103,10 @@ def steer(
     def replacement(x: torch.Tensor) -> torch.Tensor:
         return pin_feature(x, sae, feature, value) if sae is not None else pin_neuron(x, feature, value)
 
-    with torch.no_grad():
+    with torch.no_grad(), artifacts.lock:
         last = torch.tensor([prompt_ids[-artifacts.n_ctx :]], dtype=torch.long)
-        mlp = artifacts.model.mlp_activations(last)[0, -1:].float()
-        activation = float((sae.encode(mlp) if sae is not None else mlp)[0, feature])
+        at_hook = artifacts.lm.activations(last)[0, -1:].float()
+        activation = float((sae.encode(at_hook) if sae is not None else at_hook)[0, feature])
         return Steering(
             prompt_ids=prompt_ids,
             truncated=len(prompt_ids) > artifacts.n_ctx,

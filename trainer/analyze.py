@@ -10,6 +10,7 @@ wrap it with the database protocol of trainer/store.py.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -355,7 +356,7 @@ def _store(
             kind=basis.kind,
             d_in=lm.d_in,
             n_features=basis.n_features,
-            config=to_dict(cfg),
+            config=_stored_config(cfg),
             **run_fields,
         ) as run_id:
             if progress is not None:
@@ -387,8 +388,16 @@ def _store(
 
 def _artifacts(cfg: RunConfig) -> str | None:
     """The folder holding tokenizer.json and lm/ for the app's live inference; None for a
-    transformers model, which the app does not run (yet): never our model in its place."""
+    transformers model, which the app finds through the stored config (`_stored_config`)."""
     return None if cfg.model_path else str(cfg.root.resolve())
+
+
+def _stored_config(cfg: RunConfig) -> dict[str, Any]:
+    """The run's config as the database keeps it: a local model folder as an absolute path, so
+    the app's live pages (run from any directory) load the model the run was analysed on."""
+    if cfg.model_path and Path(cfg.model_path).is_dir():
+        cfg = dataclasses.replace(cfg, model_path=str(Path(cfg.model_path).resolve()))
+    return to_dict(cfg)
 
 
 def analyze_and_store(

@@ -315,8 +315,10 @@ def _exchange(args: argparse.Namespace) -> int:
     if args.command == "import":
         url = args.db if "://" in args.db else f"sqlite:///{Path(args.db).resolve()}"
         slug, counts = import_jsonl(Path(args.file), url, args.run_name)
+        links = f", {counts['run_link']} links" if counts["run_link"] else ""
         print(
-            f"imported run {slug!r} ({counts['feature']} features, {counts['example']} examples) into {url}"
+            f"imported run {slug!r} ({counts['feature']} features, {counts['example']} examples{links}) "
+            f"into {url}"
         )
         return 0
     engine = make_engine(_existing_database(args.db), read_only=True)

@@ -325,6 +325,12 @@ class HFHookedLM:
             logits = self.module(input_ids=idx.to(self.device), use_cache=False).logits
         return cross_entropy(logits, targets.to(logits.device)), captured[0]
 
+    @torch.no_grad()
+    def logits(self, idx: torch.Tensor, replacement: Replacement | None = None) -> torch.Tensor:
+        hooked = self._hooked(replacement) if replacement is not None else contextlib.nullcontext()
+        with hooked:
+            return self.module(input_ids=idx.to(self.device), use_cache=False).logits
+
     def _unembed(self) -> torch.Tensor:
         """[d_model, vocab]: the unembedding with the final norm's scale folded in."""
         norm = _get(self.module, self.family.final_norm)

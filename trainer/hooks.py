@@ -54,6 +54,11 @@ class HookedLM(Protocol):
         with `replacement` applied to what flows on from the hook."""
         ...
 
+    def logits(self, idx: torch.Tensor, replacement: Replacement | None = None) -> torch.Tensor:
+        """[batch, seq, vocab] next-token logits for idx, with `replacement` applied at the hook
+        (the live steering page: generation with a feature pinned)."""
+        ...
+
     def logit_weights(self) -> torch.Tensor:
         """[d_in, vocab]: each hook coordinate's direct effect on the logits (an approximation
         described by `logit_effects_note`)."""
@@ -90,6 +95,9 @@ class OneLayerHooked:
         out = self.module(idx, targets, mlp_replacement=replacement, return_mlp_post=True)
         assert out.loss is not None and out.mlp_post is not None  # nosec B101  # narrows the type for mypy
         return out.loss, out.mlp_post
+
+    def logits(self, idx: torch.Tensor, replacement: Replacement | None = None) -> torch.Tensor:
+        return self.module(idx, mlp_replacement=replacement).logits
 
     def logit_weights(self) -> torch.Tensor:
         return self.module.direct_logit_weights()

@@ -10,7 +10,8 @@ sae_dashboard/neuronpedia/). Written, for run slug S of model M:
     OUT/M/<layer>-S/model.jsonl, source.jsonl                     one row each
     OUT/M/<layer>-S/features/batch-<b>.jsonl.gz                   Neuron rows, 1024 features a batch
     OUT/M/<layer>-S/activations/batch-<b>.jsonl.gz                Activation rows of those features
-    OUT/M/<layer>-S/explanations/batch-<b>.jsonl.gz               Explanation rows (labelled features)
+    OUT/M/<layer>-S/explanations/batch-<b>.jsonl.gz               Explanation rows (labels, and the
+                                                                  automatic explanations by explainer)
 
 Neuronpedia keys rows by (modelId, layer = the source id, index as a string). Fields we have no
 value for (user ids, embeddings, DFA, correlated neurons) are left out; Neuronpedia's importer
@@ -146,6 +147,20 @@ def export_neuronpedia(engine: Engine, slug: str, out_dir: Path, model_id: str |
                         "typeName": f"monosemantic-{feature['label_source']}",
                     }
                 )
+        # The automatic explanations (interpretations) beside the labels: one Explanation each,
+        # named by its explainer; scores have no column on Neuronpedia's Explanation and stay out.
+        for row in table_rows(conn, "interpretation", run["id"]):
+            index = str(row["feature_index"])
+            explanations.append(
+                {
+                    **key,
+                    "id": f"{model}@{source}:{index}:{row['explainer']}",
+                    "index": index,
+                    "description": row["explanation"],
+                    "typeName": f"monosemantic-{row['explainer']}",
+                    "explanationModelName": (row["rules"] or {}).get("model") or row["explainer"],
+                }
+            )
         for batch, start in enumerate(range(0, len(features), FEATURES_PER_BATCH)):
             _write_gz(
                 folder / "features" / f"batch-{batch}.jsonl.gz", features[start : start + FEATURES_PER_BATCH]

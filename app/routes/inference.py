@@ -60,14 +60,14 @@ def _prepare(engine: Engine, run: str, text: str | None, feature: int | None) ->
             feature_label=None,
             feature_max=None,
         )
-        return Prepared(record.id, record.kind, record.artifacts_path, record.sae_path, empty)
+        return Prepared(record.id, inference.model_source(record), empty)
 
 
 def _compute(
     prepared: Prepared[InferenceResult], text: str | None
 ) -> tuple[int, inference.Activations | None]:
     """The model's part (on the live executor): load the run's artifacts (cached), then run."""
-    loaded = inference.load_artifacts(prepared.kind, prepared.artifacts_path, prepared.sae_path)
+    loaded = inference.load_artifacts(prepared.source)
     if not text:
         return loaded.n_ctx, None
     return loaded.n_ctx, inference.feature_activations(loaded, text)

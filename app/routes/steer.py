@@ -117,14 +117,14 @@ def _prepare(
             unpinned=None,
             pinned=None,
         )
-        return Prepared(record.id, record.kind, record.artifacts_path, record.sae_path, empty)
+        return Prepared(record.id, inference.model_source(record), empty)
 
 
 def _generate(
     prepared: Prepared[SteerResult], text: str | None, feature: int | None, value: float | None, n_tokens: int
 ) -> tuple[int, steering.Steering | None]:
     """The model's part (on the live executor): load the run's artifacts (cached), then steer."""
-    loaded = inference.load_artifacts(prepared.kind, prepared.artifacts_path, prepared.sae_path)
+    loaded = inference.load_artifacts(prepared.source)
     if not text or feature is None or value is None:
         return loaded.n_ctx, None
     return loaded.n_ctx, steering.steer(loaded, text, feature, value, n_tokens)

@@ -178,3 +178,105 @@ def test_corpus_tokenised_for_another_model_is_refused(
     err = capsys.readouterr().err.strip()
     assert f"is tokenised for {hf_runs['gpt2']['model']}" in err and "monosemantic corpus --model" in err
     assert {p: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+# ---------------------------------------------------------------------------- live pages
+
+TEXT = "The cat sat on the mat because 東京 42"
+
+
+def _hook_activations(folder: Path, hook: str, text: str, sae_dir: Path | None) -> tuple[list[int], Any]:
+    """What the live pages must show, computed here without the app: the model's tokens for the
+    text and the activations at the hook (through the SAE, for an SAE run)."""
+    import torch
+
+    from trainer.hf_model import load_hooked
+    from trainer.sae import SparseAutoencoder
+
+    ids = load_tokenizer(str(folder)).backend_tokenizer.encode(text, add_special_tokens=False).ids
+    lm = load_hooked(str(folder), hook, n_ctx=64)
+    with torch.no_grad():
+        acts = lm.activations(torch.tensor([ids]))[0].float()
+        if sae_dir is not None:
+            acts = SparseAutoencoder.load(sae_dir).encode(acts)
+    return ids, acts
+
+
+@pytest.mark.parametrize(
+    ("slug", "hook", "sae"),
+    [
+        ("gpt2-blocks.1.mlp.hook_post-topk-64", "blocks.1.mlp.hook_post", True),
+        ("gpt2-blocks.0.hook_resid_post-topk-64", "blocks.0.hook_resid_post", True),
+        ("gpt2-blocks.1.mlp.hook_post-neurons", "blocks.1.mlp.hook_post", False),
+    ],
+)
+def test_inference_on_the_tiny_gpt2(
+    client: TestClient, hf_runs: dict[str, Any], slug: str, hook: str, sae: bool
+) -> None:
+    """The inference page runs the run's own transformers model at its hook (and its SAE): the
+    model's tokens, and every shown activation equal to one computed here."""
+    out, folder = hf_runs["gpt2"]["out"], hf_runs["gpt2"]["model"]
+    body = client.get(f"/api/runs/{slug}/inference", params={"text": TEXT}).json()
+    assert body["available"], body["message"]
+    ids, acts = _hook_activations(folder, hook, TEXT, out / f"sae_{hook}_topk_64" if sae else None)
+    assert [t["token"]["id"] for t in body["tokens"]] == ids
+    # Byte-level pieces: a token may hold part of a character, so only the ASCII part reads back.
+    assert "".join(t["token"]["text"] for t in body["tokens"]).startswith("The cat sat on the mat because ")
+    assert any(t["top"] for t in body["tokens"])
+    for position, token in enumerate(body["tokens"]):
+        for shown in token["top"]:
+            assert shown["activation"] == pytest.approx(
+                float(acts[position, shown["index"]]), rel=1e-3, abs=1e-4
+            )
+        assert token["feature_activation"] == pytest.approx(
+            float(acts[position, body["feature"]]), rel=1e-3, abs=1e-4
+        )
+    page = client.get(f"/runs/{slug}/inference", params={"text": TEXT})
+    assert page.status_code == 200 and "Top " in page.text and "東京" in page.text
+
+
+def test_steering_the_tiny_gpt2(client: TestClient, hf_runs: dict[str, Any]) -> None:
+    """Pinning a feature at the hook changes what the model writes; its unpinned activation is the
+    SAE's on the model's own activations at the prompt's last token."""
+    hook = "blocks.1.mlp.hook_post"
+    slug = f"gpt2-{hook}-topk-64"
+    inferred = client.get(f"/api/runs/{slug}/inference", params={"text": TEXT}).json()
+    feature = inferred["feature"]
+    params = {"text": TEXT, "feature": feature, "value": 200, "tokens": 6}
+    response = client.get(f"/api/runs/{slug}/steer", params=params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["available"] and len(body["unpinned"]["tokens"]) == len(body["pinned"]["tokens"]) == 6
+    _, acts = _hook_activations(
+        hf_runs["gpt2"]["model"], hook, TEXT, hf_runs["gpt2"]["out"] / f"sae_{hook}_topk_64"
+    )
+    assert body["activation"] == pytest.approx(float(acts[-1, feature]), rel=1e-3, abs=1e-4)
+    unpinned = [n["logit"] for n in body["unpinned"]["next_tokens"]]
+    pinned = [n["logit"] for n in body["pinned"]["next_tokens"]]
+    assert unpinned != pinned, "pinning a feature at 200 moved no logit"
+    page = client.get(f"/runs/{slug}/steer", params=params)
+    assert page.status_code == 200 and 'id="pinned"' in page.text
+
+
+@pytest.mark.parametrize("what", ["model", "sae"])
+def test_a_run_whose_folder_is_gone(client: TestClient, hf_runs: dict[str, Any], what: str) -> None:
+    """A 503 naming the missing folder, page and JSON, for inference and steering; not a 500."""
+    from app import inference
+
+    hook = "blocks.0.hook_resid_post"
+    slug = f"gpt2-{hook}-topk-64"
+    folder = hf_runs["gpt2"]["model"] if what == "model" else hf_runs["gpt2"]["out"] / f"sae_{hook}_topk_64"
+    moved = folder.with_name(folder.name + ".moved")
+    inference.load_artifacts.cache_clear()  # a loaded model would still answer from memory
+    folder.rename(moved)
+    try:
+        for path, extra in (("inference", {}), ("steer", {"feature": 1})):
+            params = {"text": TEXT, **extra}
+            api = client.get(f"/api/runs/{slug}/{path}", params=params)
+            assert api.status_code == 503 and str(folder) in api.json()["detail"], api.text
+            page = client.get(f"/runs/{slug}/{path}", params=params)
+            assert page.status_code == 503 and str(folder) in page.text and "Model unavailable" in page.text
+    finally:
+        moved.rename(folder)
+        inference.load_artifacts.cache_clear()
+    assert client.get(f"/api/runs/{slug}/inference", params={"text": TEXT}).json()["available"]

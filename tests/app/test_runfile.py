@@ -5,19 +5,28 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 from appdb import SAE_RUN, FixtureDB
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from app.main import create_app
 from app.settings import Settings
 from trainer.cli import main
 from trainer.neuronpedia import export_neuronpedia
 from trainer.runfile import RunFileError, export_jsonl, import_jsonl
-from trainer.schema import make_engine
+from trainer.schema import (
+    ExampleEffect,
+    FeatureMatch,
+    Interpretation,
+    RunFinding,
+    RunLink,
+    make_engine,
+)
 from trainer.store import complete_runs
 
 
@@ -35,8 +44,15 @@ def _same_instant(value: Any) -> Any:
     return value
 
 
-def pages(url: str) -> dict[str, Any]:
-    """Every JSON page of every complete run: the run list, run pages, feature pages, searches."""
+def _answer(client: TestClient, path: str) -> Any:
+    response = client.get(path)
+    return response.status_code, response.json()
+
+
+def pages(url: str, max_features: int = 10_000) -> dict[str, Any]:
+    """Every JSON page of every complete run: the run list, run pages, feature pages and their
+    families (of at most `max_features` features a run, evenly spaced), findings,
+    interpretability, universality, searches."""
     seen: dict[str, Any] = {}
     with TestClient(create_app(Settings(database_url=url))) as client:
         runs = client.get("/api/runs").json()
@@ -47,9 +63,13 @@ def pages(url: str) -> dict[str, Any]:
             for sort in ("density", "max_activation", "index"):
                 path = f"{run['api_url']}?sort={sort}&page=2"
                 seen[path] = client.get(path).json()
-            for index in range(run["n_features"]):
+            for view in ("findings", "interpretability", "universality"):
+                seen[f"{run['api_url']}/{view}"] = _answer(client, f"{run['api_url']}/{view}")
+            step = max(1, -(-run["n_features"] // max_features))
+            for index in range(0, run["n_features"], step):
                 path = f"{run['api_url']}/features/{index}"
                 seen[path] = client.get(path).json()
+                seen[f"{path}/family"] = _answer(client, f"{path}/family")
             for token in (" the", "the", "\n", "cat"):
                 response = client.get("/api/search", params={"token": token})
                 seen[f"search {token!r}"] = response.json()
@@ -78,6 +98,48 @@ def test_round_trip_shows_the_same_pages(
     assert before.keys() == after.keys()
     for key in before:
         assert after[key] == before[key], key
+
+
+@pytest.fixture(scope="module")
+def linked_db(real_run_db: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A copy of the tiny real run's database (explanations and scores, ablation effects, findings)
+    with a second run of the same SAE analysed beside it and the two matched (links and matches):
+    every table a page shows, written by the commands that write them."""
+    source = Path(real_run_db.removeprefix("sqlite:///")).parent
+    out = tmp_path_factory.mktemp("linked")
+    for name in ("lm", "tokens"):
+        shutil.copytree(source / name, out / name)
+    shutil.copy(source / "tokenizer.json", out / "tokenizer.json")
+    shutil.copytree(next(source.glob("sae_*")), out / "again")
+    url = f"sqlite:///{out / 'linked.db'}"
+    first = [slug for _, slug in complete_runs(make_engine(real_run_db, read_only=True))]
+    for run in first:
+        assert main(["export", run, "--out", str(out / f"{run}.jsonl"), "--db", real_run_db]) == 0
+        assert main(["import", str(out / f"{run}.jsonl"), "--db", url]) == 0
+    tiny = ["--preset", "tiny", "--out-dir", str(out), "--db", url]
+    assert main(["analyze", *tiny, "--sae", str(out / "again"), "--analysis-tokens", "4096"]) == 0
+    sae_run = next(slug for slug in first if not slug.endswith("-neurons"))
+    assert main(["match", "--run", sae_run, "--run", "tiny-again", "--db", url]) == 0
+    return url
+
+
+def test_round_trip_keeps_every_table_a_page_shows(linked_db: str, db_url: str, tmp_path: Path) -> None:
+    """Interpretations, ablation effects, findings, links and matches survive export → import,
+    whatever order the runs are imported in; and each table was there to lose."""
+    engine = make_engine(linked_db, read_only=True)
+    with engine.connect() as conn:
+        for table in (Interpretation, ExampleEffect, RunFinding, RunLink, FeatureMatch):
+            assert conn.execute(select(func.count()).select_from(table)).scalar_one() > 0, table
+    engine.dispose()
+    files = export_all(linked_db, tmp_path, ".jsonl.gz")
+    written = [import_jsonl(path, db_url)[1] for path in reversed(files)]
+    assert sum(w["run_link"] for w in written) == 2 and sum(w["feature_match"] for w in written) > 0
+    before, after = pages(linked_db, max_features=48), pages(db_url, max_features=48)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert after[key] == before[key], key
+    shown = [v for k, v in before.items() if k.endswith("/universality") and v[0] == 200]
+    assert shown, "a universality view to compare"
 
 
 def test_cli_round_trip_and_bad_input(
@@ -158,7 +220,8 @@ def test_neuronpedia_layout(fixture_db: FixtureDB, tmp_path: Path) -> None:
         assert row["pos_str"] == [e["token"]["text"] for e in page["logit_positive"]]
         assert sum(row["freq_hist_data_bar_heights"]) == sum(page["activation_histogram"]["counts"])
     labelled = {str(p["index"]): p["label"] for p in shown if p["label"]}
-    assert {e["index"]: e["description"] for e in explanations} == labelled
+    labels = [e for e in explanations if e["typeName"] in ("monosemantic-auto", "monosemantic-human")]
+    assert {e["index"]: e["description"] for e in labels} == labelled
     top = [a for a in activations if a["index"] == "0" and a["binMin"] == -1.0]
     page_top = shown[0]["top_examples"]
     assert len(top) == len(page_top) and top[0]["maxValue"] == pytest.approx(page_top[0]["max_activation"])
