@@ -9,7 +9,7 @@ import torch
 from saedata import open_activation_source_from, sae_cfg
 
 from trainer.sae import TrainState, get_variant, init_train_state
-from trainer.sae.variants import batchtopk, jumprelu
+from trainer.sae.variants import batchtopk, jumprelu, paper
 from trainer.sae.variants.base import LossTerms
 from trainer.sae.variants.paper import PaperLossFunction
 
@@ -89,8 +89,14 @@ def test_l1_decnorm_fast_loss_matches_autograd(sparse_below: float) -> None:
     assert torch.equal(counts, (ref_f > 0).sum(0).float())
 
 
-def test_l1_decnorm_loss_terms_match_autograd() -> None:
-    state = make_state("l1_decnorm", l1_coefficient=0.3)
+@pytest.mark.parametrize("variant", ["paper", "l1_decnorm"])
+@pytest.mark.parametrize("sparse_below", [0.0, 1.0])
+def test_l1_loss_terms_match_autograd(
+    variant: str, sparse_below: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through `Variant.loss_terms`: the latents' firing counts as well as the gradients."""
+    monkeypatch.setattr(paper, "SPARSE_BELOW", sparse_below)
+    state = make_state(variant, l1_coefficient=0.3)
     assert_match(*fast_and_reference(state, torch.randn(64, 16).relu()))
 
 

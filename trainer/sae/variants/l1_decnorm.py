@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from trainer.sae.variants import paper
 from trainer.sae.variants.base import LossTerms, Variant, compute_dtype
-from trainer.sae.variants.paper import SPARSE_BELOW, PaperLossFunction
 
 if TYPE_CHECKING:
     from trainer.sae.autoencoder import SparseAutoencoder
@@ -40,7 +40,7 @@ class L1DecNorm(Variant):
 
     def loss_terms(self, state: TrainState, x: torch.Tensor, step: int, count_active: bool) -> LossTerms:
         sae = state.sae
-        loss, mse, l1, counts = PaperLossFunction.apply(
+        loss, mse, l1, counts = paper.PaperLossFunction.apply(
             x,
             sae.W_enc,
             sae.W_dec,
@@ -48,7 +48,7 @@ class L1DecNorm(Variant):
             sae.b_dec,
             self.sparsity_weight(state, step),
             compute_dtype(state.cfg),
-            SPARSE_BELOW,
+            paper.SPARSE_BELOW,
             True,  # weight_by_decoder_norm
         )
         return LossTerms.from_counts(loss, mse, l1, counts)
