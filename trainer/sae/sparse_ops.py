@@ -1,5 +1,6 @@
 """Tensor helpers shared by the variants: the embedding-bag kernels of the sparse hand-written
-backwards (paper once its codes are sparse, topk always), and AuxK (topk, batchtopk).
+backwards (paper and l1_decnorm once their codes are sparse, topk, batchtopk and jumprelu always),
+the row-block encoder they start from, and AuxK (topk, batchtopk).
 
 A sparse code is a list of (row, latent, value) entries. The decoder and every gradient then touch
 only those entries: O(E·d_in) for E entries, not O(N·d_sae·d_in).
@@ -7,7 +8,8 @@ only those entries: O(E·d_in) for E entries, not O(N·d_sae·d_in).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,125 @@ def sparse_parameter_grads(
     grad_W_enc = torch.empty(d_in, d_sae, device=x.device).copy_(grad_W_enc_T.t())
     grad_b_dec = grad_x_hat.sum(0) - W_enc @ grad_b_enc
     return grad_W_enc, grad_W_dec, grad_b_enc, grad_b_dec
+
+
+def row_offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Where each row's entries start in a sparse code whose entries are grouped by row, [n_rows]."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
+ENCODER_BLOCK_ROWS = 256  # rows per block of `encode_blocks`: a [256, d_sae] block stays in cache
+
+
+@torch.no_grad()
+def encode_blocks(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    b_dec: torch.Tensor,
+    dtype: torch.dtype,
+    select: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+) -> list[tuple[torch.Tensor, ...]]:
+    """`select(pre)` of each block of pre-activations pre = (x − b_dec) W_enc + b_enc [rows, d_sae],
+    computed in `dtype` a block of rows at a time, so that the [N, d_sae] matrix never exists and
+    each block is still in cache when `select` reads it. No autograd: the callers' backwards are
+    hand-written."""
+    bias = (b_enc - b_dec @ W_enc).to(dtype)  # (x − b_dec) W_enc + b_enc = x W_enc + bias
+    W_enc_low = W_enc.to(dtype)
+    return [select(torch.addmm(bias, block, W_enc_low)) for block in x.to(dtype).split(ENCODER_BLOCK_ROWS)]
+
+
+class SparseCodeLossFunction(torch.autograd.Function):
+    """‖x − x̂‖² + α·AuxK (batch means) of a sparse code given as entries, with TopKLossFunction's
+    sparse backward (trainer.sae.variants.topk), for codes whose number of active latents varies
+    by row (batchtopk).
+
+    Entry e is latent latents[e] of row rows[e] (entries grouped by row) with value values[e], the
+    pre-activation there: the activation passes it unchanged to active entries, so d/d(pre) =
+    d/d(value). AuxK's entries are aux_indices / aux_values [N, aux_k] (width 0: no AuxK), as in
+    `auxk_loss`. Returns (loss, mse, auxk); gradients flow to W_enc, W_dec, b_enc, b_dec."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        W_enc: torch.Tensor,
+        W_dec: torch.Tensor,
+        b_enc: torch.Tensor,
+        b_dec: torch.Tensor,
+        rows: torch.Tensor,
+        latents: torch.Tensor,
+        values: torch.Tensor,
+        aux_indices: torch.Tensor,
+        aux_values: torch.Tensor,
+        aux_coefficient: float,
+    ) -> tuple[torch.Tensor, ...]:
+        n = x.shape[0]
+        offsets = row_offsets(rows, n)
+        x_hat = F.embedding_bag(latents, W_dec, offsets, mode="sum", per_sample_weights=values)
+        residual = x_hat.add_(b_dec).sub_(x)  # x̂ − x, [N, d_in]
+        mse = residual.pow(2).sum() / n
+        aux_error, variance, auxk = residual.new_zeros((n, 0)), 1.0, residual.new_zeros(())
+        if aux_indices.shape[1] > 0:
+            variance_t = batch_variance(residual)
+            aux_error = F.embedding_bag(aux_indices, W_dec, per_sample_weights=aux_values, mode="sum")
+            aux_error.add_(residual)  # r̂ − (x − x̂)
+            auxk, variance = aux_error.pow(2).sum() / n / variance_t, float(variance_t)
+        ctx.save_for_backward(
+            x,
+            W_enc,
+            W_dec,
+            b_dec,
+            rows,
+            latents,
+            values,
+            offsets,
+            residual,
+            aux_indices,
+            aux_values,
+            aux_error,
+        )
+        ctx.aux_scale, ctx.n = aux_coefficient / variance, n
+        ctx.mark_non_differentiable(mse, auxk)
+        return mse + aux_coefficient * auxk, mse, auxk
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        (
+            x,
+            W_enc,
+            W_dec,
+            b_dec,
+            rows,
+            latents,
+            values,
+            offsets,
+            residual,
+            aux_indices,
+            aux_values,
+            aux_error,
+        ) = ctx.saved_tensors
+        n = ctx.n
+        scale = 2 * float(grad_loss) / n
+        grad_x_hat = residual.mul_(scale)  # [N, d_in]; the residual is not needed again
+        grad_values = per_sample_weight_grads(grad_x_hat, W_dec, latents, offsets, rows)
+        all_latents, all_rows, dec_rows, weights_dec, grad_pre = latents, rows, rows, values, grad_values
+        table = grad_x_hat
+        if aux_indices.shape[1] > 0:
+            n_aux = aux_indices.shape[1]
+            grad_aux = aux_error.mul_(scale * ctx.aux_scale)
+            aux_rows = torch.arange(n, device=x.device).repeat_interleave(n_aux)
+            all_latents = torch.cat([latents, aux_indices.reshape(-1)])
+            all_rows = torch.cat([rows, aux_rows])
+            dec_rows = torch.cat([rows, aux_rows + n])  # aux entries read the second half of `table`
+            weights_dec = torch.cat([values, aux_values.reshape(-1)])
+            grad_pre = torch.cat([grad_values, fixed_width_grads(grad_aux, W_dec, aux_indices).reshape(-1)])
+            table = torch.cat([grad_x_hat, grad_aux])
+        grads = sparse_parameter_grads(
+            x, W_enc, b_dec, grad_x_hat, all_latents, (table, dec_rows, weights_dec), all_rows, grad_pre
+        )
+        return None, *grads, None, None, None, None, None, None
 
 
 # ---------------------------------------------------------------------------- AuxK

@@ -50,6 +50,14 @@ class LossTerms:
         active = (f > 0).sum().float() if count_active else None
         return cls(loss, mse, sparsity, (f.amax(0) > 0).float(), active)
 
+    @classmethod
+    def from_counts(
+        cls, loss: torch.Tensor, mse: torch.Tensor, sparsity: torch.Tensor, counts: torch.Tensor
+    ) -> LossTerms:
+        """The terms of a step from how many rows each latent fired on, counts [d_sae]."""
+        counts = counts.detach()
+        return cls(loss, mse, sparsity, (counts > 0).float(), counts.sum())
+
 
 def sparsity_coefficient(cfg: SAEConfig, step: int, log_factor: float = 0.0) -> float:
     """λ at `step` (1-based): l1_coefficient · e^log_factor (the target-L0 controller's factor),
