@@ -203,7 +203,9 @@ def test_findings_page_and_ablation_underlines(real_server: Server, page: Page) 
     # and say which command computes them.
     expect(page.locator("section#interpretability.status-not_computed")).to_have_count(0)
     for key in ("splitting", "universality"):
-        expect(page.locator(f"section#{key}.status-not_computed .not-computed")).to_contain_text("monosemantic")
+        expect(page.locator(f"section#{key}.status-not_computed .not-computed")).to_contain_text(
+            "monosemantic"
+        )
     expect(page.locator("section#density td.ours").first).to_contain_text("%")
 
     page.locator("section#ablation .finding-links a").first.click()
