@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
+from screenshot import capture, serve  # tools/screenshot.py, beside this file
+
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 HOOK = "blocks.1.mlp.hook_post"
 SIZES = [
     "--preset",
@@ -65,50 +64,6 @@ def build_run(root: Path) -> str:
     return db
 
 
-def serve(db: str) -> tuple[object, str]:
-    """The app on a free loopback port in a thread (uvicorn), as `monosemantic serve` runs it."""
-    import socket
-
-    import uvicorn
-
-    from app.main import create_app
-    from app.settings import Settings
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(Settings(database_url=db)), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise SystemExit("the app did not start within 30 s")
-        time.sleep(0.1)
-    return server, f"http://127.0.0.1:{port}"
-
-
-def capture(base: str, out: Path) -> str:
-    """Screenshot the densest feature's page of the SAE run; returns its URL."""
-    import httpx
-    from playwright.sync_api import sync_playwright
-
-    slug = f"tiny-gpt2-{HOOK}-topk-64"
-    listing = httpx.get(f"{base}/api/runs/{slug}", params={"sort": "density", "order": "desc"}).json()
-    url = f"{base}/runs/{slug}/features/{listing['features']['items'][0]['index']}"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1500})
-        page.goto(url)
-        page.wait_for_selector(".js-plotly-plot svg.main-svg")
-        page.screenshot(path=str(out))
-        browser.close()
-    return url
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "hf_feature_page.png")
@@ -119,7 +74,7 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         server, base = serve(build_run(root))
         try:
-            url = capture(base, args.out)
+            url = capture(base, f"tiny-gpt2-{HOOK}-topk-64", args.out)
         finally:
             server.should_exit = True  # type: ignore[attr-defined]
     print(f"{url} -> {args.out}")
