@@ -19,7 +19,7 @@ from app import links
 from app.family_models import FAMILY_THRESHOLD, LinkedRun
 from app.family_queries import has_match_tables, linked_run
 from app.queries import feature_labels, table_names
-from trainer.schema import Feature, FeatureMatch, Run, RunLink, SizeMap, SizeMapPoint
+from trainer.schema import Feature, FeatureMatch, Run, RunLink, SizeMap, SizeMapPoint, linked_sizes
 
 N_FAMILIES = 5  # largest families listed per pair of sizes
 
@@ -76,12 +76,7 @@ def size_levels(session: Session, run: Run) -> list[Run]:
     """The run and the complete dictionaries of its model it is linked to, smallest first."""
     if run.kind != "sae" or not has_match_tables(session):
         return [run]
-    others = session.scalars(
-        select(Run)
-        .join(RunLink, RunLink.other_run_id == Run.id)
-        .where(RunLink.run_id == run.id, RunLink.relation == "sizes", Run.status == "complete")
-    ).all()
-    return sorted({r.id: r for r in [run, *others]}.values(), key=lambda r: (r.n_features, r.slug))
+    return linked_sizes(session, run)
 
 
 def split_pair(

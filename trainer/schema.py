@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
 
 SCHEMA_VERSION = 7
@@ -268,6 +268,16 @@ class RunLink(Base):
     # {"edges": [float], "counts": [int], "median", "mean", "n"}: best-match correlation per feature.
     best_match_histogram: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def linked_sizes(session: Session, run: Run) -> list[Run]:
+    """`run` and the complete SAE runs linked to it as other sizes, smallest first."""
+    others = session.scalars(
+        select(Run)
+        .join(RunLink, RunLink.other_run_id == Run.id)
+        .where(RunLink.run_id == run.id, RunLink.relation == "sizes", Run.status == "complete")
+    ).all()
+    return sorted({r.id: r for r in [run, *others]}.values(), key=lambda r: (r.n_features, r.slug))
 
 
 class FeatureMatch(Base):

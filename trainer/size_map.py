@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from trainer.analysis.feature_map import feature_map
-from trainer.schema import Run, RunLink, SizeMap, SizeMapPoint
+from trainer.schema import Run, SizeMap, SizeMapPoint, linked_sizes
 
 
 @dataclass
@@ -26,16 +26,6 @@ class StoredSizeMap:
     model_name: str
     slugs: list[str]  # smallest dictionary first
     n_points: int
-
-
-def linked_sizes(session: Session, run: Run) -> list[Run]:
-    """`run` and the complete SAE runs linked to it as other sizes, smallest first."""
-    others = session.scalars(
-        select(Run)
-        .join(RunLink, RunLink.other_run_id == Run.id)
-        .where(RunLink.run_id == run.id, RunLink.relation == "sizes", Run.status == "complete")
-    ).all()
-    return sorted({r.id: r for r in [run, *others]}.values(), key=lambda r: (r.n_features, r.slug))
 
 
 def _decoder(run: Run) -> torch.Tensor:
