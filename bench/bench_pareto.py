@@ -385,7 +385,9 @@ def run_point(
             return cached
         if (out / "cfg.json").exists():
             print(f"{point.name}: cached, re-evaluated ({result_path.name})", flush=True)
-            cached.update(evaluator(SparseAutoencoder.load(out), out), eval_protocol=EVAL_PROTOCOL)
+            metrics = evaluator(SparseAutoencoder.load(out), out)
+            metrics.pop("n_tokens")  # the held-out count; the result's n_tokens is the training budget
+            cached.update(metrics, eval_protocol=EVAL_PROTOCOL)
             result_path.write_text(json.dumps(cached, indent=2))
             return cached
     if not train or (point.system == "saelens" and python is None):
