@@ -1,7 +1,8 @@
 """The stages of a run, each a function of the RunConfig, chained by `demo`.
 
 Every stage reads what the previous one wrote under `cfg.out_dir`, so each can be run alone
-(and re-run) from the command line. Wall time of each stage is recorded in `timings.json`.
+(and re-run) from the command line. Wall time of each stage is recorded in `timings.json` (summed
+over the stage's runs within one command, e.g. one `train-sae` per dictionary size).
 """
 
 from __future__ import annotations
@@ -28,10 +29,18 @@ from trainer.tokenizer import (
     train_tokenizer,
 )
 
+_TIMED_THIS_PROCESS: set[tuple[Path, str]] = set()
+
 
 def _record_timing(cfg: RunConfig, stage: str, seconds: float) -> None:
+    """Write the stage's wall time to `timings.json`. A stage that runs more than once in one
+    command (`train-sae` for every size of a study) records the sum; a later command replaces it."""
     path = cfg.root / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
+    key = (path.resolve(), stage)
+    if key in _TIMED_THIS_PROCESS:
+        seconds += float(timings.get(stage, 0.0))
+    _TIMED_THIS_PROCESS.add(key)
     timings[stage] = round(seconds, 1)
     atomic_write_text(path, json.dumps(timings, indent=2))
 
