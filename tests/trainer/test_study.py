@@ -45,6 +45,13 @@ def test_the_study_preset_builds_sizes_and_model_b() -> None:
     assert len(match_pairs(cfg)) == 6 + 2  # every pair of sizes; A-B features and neurons
 
 
+def test_the_paper_preset_makes_the_study_comparisons_with_the_paper_recipe() -> None:
+    cfg = preset_config("paper")
+    assert cfg.sae.d_sae == 4096 and cfg.sae.variant == "paper"
+    assert cfg.study.sizes == (512, 1024, 2048, 4096, 8192) and cfg.study.seed_b == 1
+    assert len(match_pairs(cfg)) == 10 + 2
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
