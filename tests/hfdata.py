@@ -50,17 +50,28 @@ def _sentencepiece_style_tokenizer(text: str) -> Tokenizer:
     return tokenizer
 
 
+# Each family's transformers config: its class, its names for the shape every family shares
+# (context, width, layers, heads), and what only it has (MLP width, grouped-query heads).
+_STANDARD_NAMES = ("max_position_embeddings", "hidden_size", "num_hidden_layers", "num_attention_heads")
+_CONFIGS = {
+    "gpt2": ("GPT2Config", ("n_positions", "n_embd", "n_layer", "n_head"), lambda d, heads: {}),
+    "gpt_neox": ("GPTNeoXConfig", _STANDARD_NAMES, lambda d, heads: {"intermediate_size": 4 * d}),
+    "llama": (
+        "LlamaConfig",
+        _STANDARD_NAMES,
+        lambda d, heads: {"intermediate_size": 3 * d, "num_key_value_heads": heads // 2},
+    ),
+}
+
+
 def build_model(family: str, folder: Path, seed: int = 0, with_tokenizer: bool = True, **shape: int) -> Path:
     """Save a random `family` model (and its tokenizer) to `folder`; `shape` overrides the config."""
     import torch
-    from transformers import (
-        AutoModelForCausalLM,
-        GPT2Config,
-        GPTNeoXConfig,
-        LlamaConfig,
-        PreTrainedTokenizerFast,
-    )
+    import transformers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+    if family not in _CONFIGS:
+        raise ValueError(family)
     text = corpus_text(seed=seed)
     if family == "llama":
         backend = _sentencepiece_style_tokenizer(text)
@@ -70,46 +81,17 @@ def build_model(family: str, folder: Path, seed: int = 0, with_tokenizer: bool =
     else:
         backend = _byte_level_tokenizer(text)
         tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=EOT, eos_token=EOT)
-    vocab = len(tokenizer)
     d_model = shape.get("d_model", D_MODEL)
-    n_layers = shape.get("n_layers", N_LAYERS)
     n_heads = shape.get("n_heads", 4)
-    n_ctx = shape.get("n_ctx", N_CTX)
-    if family == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab,
-            n_positions=n_ctx,
-            n_embd=d_model,
-            n_layer=n_layers,
-            n_head=n_heads,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    elif family == "gpt_neox":
-        config = GPTNeoXConfig(
-            vocab_size=vocab,
-            max_position_embeddings=n_ctx,
-            hidden_size=d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            intermediate_size=4 * d_model,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    elif family == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab,
-            max_position_embeddings=n_ctx,
-            hidden_size=d_model,
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_heads // 2,
-            intermediate_size=3 * d_model,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    else:
-        raise ValueError(family)
+    sizes = (shape.get("n_ctx", N_CTX), d_model, shape.get("n_layers", N_LAYERS), n_heads)
+    class_name, names, own = _CONFIGS[family]
+    config = getattr(transformers, class_name)(
+        vocab_size=len(tokenizer),
+        **dict(zip(names, sizes, strict=True)),
+        **own(d_model, n_heads),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     folder.mkdir(parents=True, exist_ok=True)
