@@ -546,7 +546,13 @@ def feature_labels(session: Session, run_id: int, indices: Iterable[int]) -> dic
     return {index: label for index, label in rows}
 
 
-def feature_max_activation(session: Session, run_id: int, index: int) -> float | None:
-    return session.execute(
-        select(Feature.max_activation).where(Feature.run_id == run_id, Feature.index == index)
-    ).scalar_one_or_none()
+def feature_label_and_max(
+    session: Session, run_id: int, index: int | None
+) -> tuple[str | None, float | None]:
+    """The label and max activation of the feature a live page shows; (None, None) without one."""
+    if index is None:
+        return None, None
+    found = session.execute(
+        select(Feature.label, Feature.max_activation).where(Feature.run_id == run_id, Feature.index == index)
+    ).one_or_none()
+    return (found.label, found.max_activation) if found is not None else (None, None)

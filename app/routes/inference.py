@@ -89,13 +89,9 @@ def _finish(
         record = session.get(Run, prepared.run_id)
         if record is None:
             raise queries.NotFoundError(f"Run {slug!r} was deleted meanwhile.")
-        labels = queries.feature_labels(
-            session, record.id, {i for top in per_token for i, _ in top} | {feature or 0}
-        )
+        labels = queries.feature_labels(session, record.id, {i for top in per_token for i, _ in top})
+        feature_label, feature_max = queries.feature_label_and_max(session, record.id, feature)
         tokens = queries.load_tokens(session, record, acts.token_ids)
-        feature_max = (
-            queries.feature_max_activation(session, record.id, feature) if feature is not None else None
-        )
     column = acts.values[:, feature] if feature is not None and acts.values.size else None
     return prepared.empty.model_copy(
         update={
@@ -119,7 +115,7 @@ def _finish(
                 for position, (token_id, top) in enumerate(zip(acts.token_ids, per_token, strict=True))
             ],
             "feature": feature,
-            "feature_label": labels.get(feature) if feature is not None else None,
+            "feature_label": feature_label,
             "feature_max": feature_max,
         }
     )

@@ -90,9 +90,7 @@ def _prepare(
         record = queries.get_run(session, run)
         if feature is not None and feature >= record.n_features:
             raise queries.NotFoundError(f"Run {run!r} has no feature {feature} (it has {record.n_features}).")
-        feature_max = (
-            queries.feature_max_activation(session, record.id, feature) if feature is not None else None
-        )
+        feature_label, feature_max = queries.feature_label_and_max(session, record.id, feature)
         value_is_default = value is None and feature is not None
         if value is None and feature is not None:
             value = _default_value(feature_max)
@@ -100,9 +98,7 @@ def _prepare(
             run=queries.run_ref(record),
             text=text or "",
             feature=feature,
-            feature_label=queries.feature_labels(session, record.id, [feature]).get(feature)
-            if feature is not None
-            else None,
+            feature_label=feature_label,
             feature_max=feature_max,
             value=value,
             value_is_default=value_is_default,
