@@ -4,8 +4,9 @@ and store the run in the database — what the paper's interactive feature pages
 `analyze_run` streams over the val split once through the model and the encoder (memory bounded
 by `AnalysisConfig.tokens_per_batch`), keeping only the nonzero activations in an on-disk cache;
 cheap passes over that cache add the histograms, the interval samples, every example window's
-activations and the top examples' ablation effects (trainer/analysis/). `analyze_and_store` and `analyze_neurons_and_store`
-wrap it with the database protocol of trainer/store.py.
+activations and the top examples' ablation effects (trainer/analysis/). `analyze_and_store` and
+`analyze_neurons_and_store` wrap it with the database protocol of trainer/store.py; what both read
+(the run's config, model, tokenizer and held-out tokens) is one `AnalysisInputs`.
 """
 
 from __future__ import annotations
@@ -326,29 +327,46 @@ def _token_bytes(tokenizer: Any) -> list[bytes]:
     return token_bytes(tokenizer)
 
 
+@dataclass(frozen=True)
+class AnalysisInputs:
+    """What both analyses of a run read and record (its SAE's features and its model's neurons):
+    built once from the run's config by `trainer.pipeline.run_analyze`."""
+
+    cfg: RunConfig
+    model: OneLayerTransformer | HookedLM
+    tokenizer: Any  # a tokenizers.Tokenizer or its token bytes
+    val_tokens: np.ndarray
+    corpus_manifest: dict[str, Any] = field(default_factory=dict)
+    db_url: str | None = None  # default cfg.database_url
+    model_name: str | None = None  # default cfg.model_name
+    artifacts_path: str | None = None  # default the run's folder for our own model (`_artifacts`)
+    progress: Progress | None = None
+
+    @property
+    def name(self) -> str:
+        return self.model_name or self.cfg.model_name
+
+
 def _store(
-    cfg: RunConfig,
-    model: OneLayerTransformer | HookedLM,
+    inputs: AnalysisInputs,
     basis: Basis,
-    tokenizer: Any,
-    val_tokens: np.ndarray,
-    db_url: str | None,
     slug: str,
-    run_fields: dict[str, Any],
-    progress: Progress | None,
+    variant: str,
+    metrics: dict[str, Any] | None,
+    training_log: dict[str, Any] | None,
+    sae_path: str | None,
 ) -> int:
-    lm = as_hooked(model)
-    vocab_bytes = _token_bytes(tokenizer)
+    cfg, progress = inputs.cfg, inputs.progress
+    lm = as_hooked(inputs.model)
+    vocab_bytes = _token_bytes(inputs.tokenizer)
     if len(vocab_bytes) < lm.vocab_size:
         raise ValueError(
             f"the tokenizer has {len(vocab_bytes)} tokens but the model's vocabulary is {lm.vocab_size}"
         )
+    metrics = metrics or {}
     if lm.logit_effects_note != OWN_LOGIT_NOTE:  # pages say how the logit effects were reached
-        run_fields = {
-            **run_fields,
-            "metrics": {**run_fields["metrics"], LOGIT_NOTE_KEY: lm.logit_effects_note},
-        }
-    engine = open_database(db_url or cfg.database_url)
+        metrics = {**metrics, LOGIT_NOTE_KEY: lm.logit_effects_note}
+    engine = open_database(inputs.db_url or cfg.database_url)
     try:
         with pending_run(
             engine,
@@ -357,12 +375,18 @@ def _store(
             d_in=lm.d_in,
             n_features=basis.n_features,
             config=_stored_config(cfg),
-            **run_fields,
+            model_name=inputs.name,
+            variant=variant,
+            metrics=metrics,
+            training_log=training_log or {},
+            corpus_manifest=inputs.corpus_manifest or {},
+            artifacts_path=inputs.artifacts_path or _artifacts(cfg),
+            sae_path=sae_path,
         ) as run_id:
             if progress is not None:
                 progress("run created", 0, 1)
             texts = [raw.decode("utf-8", "replace") for raw in vocab_bytes]
-            analysis = analyze_run(lm, basis, val_tokens, cfg.analysis, texts, progress)
+            analysis = analyze_run(lm, basis, inputs.val_tokens, cfg.analysis, texts, progress)
             update_run(
                 engine,
                 run_id,
@@ -401,24 +425,16 @@ def _stored_config(cfg: RunConfig) -> dict[str, Any]:
 
 
 def analyze_and_store(
-    cfg: RunConfig,
-    model: OneLayerTransformer | HookedLM,
+    inputs: AnalysisInputs,
     sae: SAELike,
-    tokenizer: Any,
-    val_tokens: np.ndarray,
-    db_url: str | None = None,
     metrics: dict[str, Any] | None = None,
     training_log: dict[str, Any] | None = None,
-    corpus_manifest: dict[str, Any] | None = None,
     slug: str | None = None,
-    model_name: str | None = None,
-    artifacts_path: str | None = None,
     sae_path: str | None = None,
-    progress: Progress | None = None,
 ) -> int:
     """Analyse an SAE's features and publish them as run `slug` (default cfg.slug), replacing any
-    run of that slug; returns the run id. `tokenizer`: a tokenizers.Tokenizer or its token bytes."""
-    lm = as_hooked(model)
+    run of that slug; returns the run id."""
+    lm = as_hooked(inputs.model)
     d_in = int(sae.W_dec.shape[1])
     if d_in != lm.d_in:
         raise ValueError(
@@ -426,52 +442,18 @@ def analyze_and_store(
             "this SAE was not trained on this model"
         )
     variant = getattr(getattr(sae, "cfg", None), "variant", "sae")
-    fields = dict(
-        model_name=model_name or cfg.model_name,
-        variant=variant,
-        metrics=metrics or {},
-        training_log=training_log or {},
-        corpus_manifest=corpus_manifest or {},
-        artifacts_path=artifacts_path or _artifacts(cfg),
-        sae_path=sae_path or str(cfg.sae_dir.resolve()),
-    )
-    return _store(cfg, lm, sae_basis(sae), tokenizer, val_tokens, db_url, slug or cfg.slug, fields, progress)
+    cfg = inputs.cfg
+    sae_path = sae_path or str(cfg.sae_dir.resolve())
+    return _store(inputs, sae_basis(sae), slug or cfg.slug, variant, metrics, training_log, sae_path)
 
 
 def analyze_neurons_and_store(
-    cfg: RunConfig,
-    model: OneLayerTransformer | HookedLM,
-    tokenizer: Any,
-    val_tokens: np.ndarray,
-    db_url: str | None = None,
+    inputs: AnalysisInputs,
     metrics: dict[str, Any] | None = None,
     training_log: dict[str, Any] | None = None,
-    corpus_manifest: dict[str, Any] | None = None,
     slug: str | None = None,
-    model_name: str | None = None,
-    artifacts_path: str | None = None,
-    progress: Progress | None = None,
 ) -> int:
     """The same analysis for the model's MLP neurons, as a run of kind 'neurons' (default slug
     '<model_name>-neurons'); returns the run id."""
-    name = model_name or cfg.model_name
-    fields = dict(
-        model_name=name,
-        variant="neurons",
-        metrics=metrics or {},
-        training_log=training_log or {},
-        corpus_manifest=corpus_manifest or {},
-        artifacts_path=artifacts_path or _artifacts(cfg),
-        sae_path=None,
-    )
-    return _store(
-        cfg,
-        model,
-        neuron_basis(model),
-        tokenizer,
-        val_tokens,
-        db_url,
-        slug or f"{name}-neurons",
-        fields,
-        progress,
-    )
+    basis = neuron_basis(inputs.model)
+    return _store(inputs, basis, slug or f"{inputs.name}-neurons", "neurons", metrics, training_log, None)

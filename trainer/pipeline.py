@@ -292,7 +292,7 @@ def _read_json(path: Path) -> Any:
 def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
     """Analyse every SAE feature and (unless `neurons` is False) every MLP neuron into the database
     (two runs; one, the SAE's, at a hook whose coordinates are not neurons)."""
-    from trainer.analyze import analyze_and_store, analyze_neurons_and_store
+    from trainer.analyze import AnalysisInputs, analyze_and_store, analyze_neurons_and_store
     from trainer.hooks import load_lm
     from trainer.sae import SparseAutoencoder
 
@@ -310,32 +310,25 @@ def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
         tokenizer = token_bytes(load_model_tokenizer(cfg.model_path), model.vocab_size)
     else:
         tokenizer = load_tokenizer(cfg.tokenizer_path)
-    val_tokens = load_token_split(cfg.tokens_dir, "val")
+    inputs = AnalysisInputs(
+        cfg, model, tokenizer, load_token_split(cfg.tokens_dir, "val"), corpus_manifest=corpus_manifest(cfg)
+    )
     lm_log = [] if cfg.model_path else _read_json(cfg.lm_dir / "training_log.json") or []
     lm_metrics = {"lm_val_loss": lm_val_loss(cfg)}
     sae_metrics = {**(_read_json(cfg.eval_dir / "eval.json") or {}), **lm_metrics}
-    manifest = corpus_manifest(cfg)
     sae_run = analyze_and_store(
-        cfg,
-        model,
+        inputs,
         sae,
-        tokenizer,
-        val_tokens,
         metrics=sae_metrics,
         training_log={"sae": _read_json(cfg.sae_dir / "training_log.json") or {}, "lm": lm_log},
-        corpus_manifest=manifest,
     )
     if not neurons or model.neuron_vectors() is None:
         print(f"analyze: wrote run '{cfg.slug}' to {cfg.database_url}")
         return sae_run, None
     neuron_run = analyze_neurons_and_store(
-        cfg,
-        model,
-        tokenizer,
-        val_tokens,
+        inputs,
         metrics=lm_metrics,
         training_log={"lm": lm_log},
-        corpus_manifest=manifest,
         slug=f"{cfg.model_name}-{cfg.hook}-neurons" if cfg.model_path else None,
     )
     print(f"analyze: wrote runs '{cfg.slug}' and its neurons to {cfg.database_url}")

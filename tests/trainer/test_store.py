@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, inspect, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from trainer.analyze import analyze_and_store, analyze_neurons_and_store
+from trainer.analyze import AnalysisInputs, analyze_and_store, analyze_neurons_and_store
 from trainer.config import AnalysisConfig, ModelConfig, RunConfig, SAEConfig, TokenizerConfig
 from trainer.sae import SparseAutoencoder
 from trainer.schema import (
@@ -53,18 +53,16 @@ def run_config(tmp_path: Path, **analysis: Any) -> RunConfig:
 
 def store(url: str, tmp_path: Path, **kwargs: Any) -> int:
     model, sae, tokens = tiny_setup()
-    return analyze_and_store(
+    inputs = AnalysisInputs(
         run_config(tmp_path),
         model,
-        sae,
         TOKEN_BYTES,
         tokens,
-        db_url=url,
-        metrics={"l0": 3.0},
-        training_log={"sae": []},
         corpus_manifest={"total_bytes": 1},
+        db_url=url,
         **kwargs,
     )
+    return analyze_and_store(inputs, sae, metrics={"l0": 3.0}, training_log={"sae": []})
 
 
 def runs(url: str) -> list[tuple[str, str]]:
@@ -205,7 +203,9 @@ def _has_runs(url: str) -> bool:
 
 def test_neurons_are_stored_as_their_own_run(db_url: str, tmp_path: Path) -> None:
     model, _sae, tokens = tiny_setup()
-    run_id = analyze_neurons_and_store(run_config(tmp_path), model, TOKEN_BYTES, tokens, db_url=db_url)
+    run_id = analyze_neurons_and_store(
+        AnalysisInputs(run_config(tmp_path), model, TOKEN_BYTES, tokens, db_url=db_url)
+    )
     engine = open_database(db_url)
     with engine.connect() as conn:
         kind, slug, n = conn.execute(select(Run.kind, Run.slug, Run.n_features).where(Run.id == run_id)).one()
@@ -240,7 +240,7 @@ def test_mismatched_sae_is_refused_before_writing(tmp_path: Path) -> None:
     wrong = SparseAutoencoder(SAEConfig(d_in=32, d_sae=64, n_tokens=4096, batch_size=512))
     url = f"sqlite:///{tmp_path / 'never.db'}"
     with pytest.raises(ValueError, match="32-dimensional"):
-        analyze_and_store(run_config(tmp_path), model, wrong, TOKEN_BYTES, tokens, db_url=url)
+        analyze_and_store(AnalysisInputs(run_config(tmp_path), model, TOKEN_BYTES, tokens, db_url=url), wrong)
     assert not (tmp_path / "never.db").exists()
 
 
