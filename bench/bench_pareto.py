@@ -40,6 +40,7 @@ from saelens_venv import DEFAULT_VENV, ensure_venv, saelens_version
 from trainer.config import EvalConfig, SAEConfig, load_config
 from trainer.evaluate import evaluate_sae
 from trainer.model import OneLayerTransformer
+from trainer.provenance import ModelIdentity, ModelMismatch, check_same_model
 from trainer.sae import SparseAutoencoder, train_sae
 from trainer.tokenizer import load_token_split
 
@@ -121,9 +122,26 @@ def digest(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def check_lm(harvest: Path, run: Path) -> None:
+    """Refuse an --lm other than the model the harvest records (trainer/provenance.py): rows of
+    one run evaluated with another run's model gave FVU 0.95 without a word."""
+    manifest = json.loads((harvest / "manifest.json").read_text())
+    remedy = "pass --lm the run they were harvested in, or harvest again with this model"
+    try:
+        check_same_model(
+            manifest,
+            ModelIdentity.own(run / "lm"),
+            f"the activations in {harvest}",
+            remedy,
+            warn_unrecorded=True,
+        )
+    except ModelMismatch as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def write_training_rows(harvest: Path, n_rows: int, work_dir: Path) -> tuple[Path, str]:
     """The first n_rows rows of the harvest's shards, in order, as one float32 [n_rows, d_in] .npy
-    (written once; its name carries a digest of the manifest)."""
+    (written once; its name carries a digest of the manifest, which names the model's weights)."""
     manifest = json.loads((harvest / "manifest.json").read_text())
     source = digest({"manifest": manifest, "rows": n_rows})
     path = work_dir / f"acts-{n_rows}-{source}.npy"
@@ -481,6 +499,7 @@ def main() -> None:
     needs_saelens = any(p.system == "saelens" for p in points)
     python = ensure_venv(args.venv, install=needs_saelens and not args.no_install)
     version = saelens_version(python) if python else None
+    check_lm(args.activations, args.lm)
     acts, source = write_training_rows(args.activations, args.tokens, args.work_dir)
     d_in = int(np.load(acts, mmap_mode="r").shape[1])
     evaluator = Evaluator.load(args.lm)

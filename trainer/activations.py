@@ -5,7 +5,8 @@ As in the paper, rows are shuffled across contexts: each shard is filled from ma
 contexts of the training split and its rows are permuted before writing. Layout of the
 output directory: `acts_00000.npy` (float16 [rows, d_mlp]), `doc_pos_00000.npy` (int64
 [rows, 2]: document index and position in the document, so analysis can show contexts) and
-`manifest.json` ({"d_in", "n_rows", "shards", "n_ctx", "seed", "hook"}). A shard is a pure function of
+`manifest.json` ({"d_in", "n_rows", "shards", "n_ctx", "seed", "hook", "model_digest": the sha256
+of the model's weights, trainer/provenance.py}). A shard is a pure function of
 (seed, shard index) and is written atomically, so an interrupted harvest resumes by skipping
 the shards already on disk.
 """
@@ -24,6 +25,7 @@ from trainer.checkpoint import atomic_write_bytes, atomic_write_text
 from trainer.config import HarvestConfig
 from trainer.hooks import HookedLM, as_hooked
 from trainer.model import OneLayerTransformer
+from trainer.provenance import DIGEST_KEY
 from trainer.train_lm import autocast
 
 MANIFEST = "manifest.json"
@@ -86,9 +88,11 @@ def harvest(
     out_dir: Path,
     dtype: str = "bf16",
     resume: bool = False,
+    model_digest: str | None = None,
 ) -> dict:
-    """Write `cfg.n_tokens` rows of activations in shards to `out_dir`; returns the manifest.
-    Without `resume`, shards already there (perhaps of another model) are replaced."""
+    """Write `cfg.n_tokens` rows of activations in shards to `out_dir`; returns the manifest,
+    which records `model_digest` (trainer.provenance.weights_digest; None: unknown). Without
+    `resume`, shards already there (perhaps of another model) are replaced."""
     lm = as_hooked(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -115,6 +119,7 @@ def harvest(
         "hook": lm.hook,
         "seed": cfg.seed,
         "dtype": "float16",
+        DIGEST_KEY: model_digest,
     }
     atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2))
     return manifest

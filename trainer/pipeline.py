@@ -21,6 +21,7 @@ from trainer.checkpoint import atomic_write_text
 from trainer.config import RunConfig, save_config
 from trainer.corpus import build_corpus, iter_documents, load_manifest
 from trainer.distributed import init_from_env, is_main_process, rank_device
+from trainer.provenance import check_same_model, run_model
 from trainer.tokenizer import (
     encode_documents,
     load_token_meta,
@@ -175,8 +176,10 @@ def run_harvest(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Harvest the activations at the hook (our model's MLP by default) over the training split."""
     from trainer.activations import harvest
     from trainer.hooks import load_lm
+    from trainer.provenance import run_model
 
     meta = token_meta(cfg)
+    model = run_model(cfg)
     # Our model harvests on the CPU in the training dtype; a transformers model on cfg.device, in
     # the compute dtype its loader chose (bf16 where the hardware has it).
     lm = load_lm(cfg, device=cfg.device if cfg.model_path else "cpu")
@@ -188,6 +191,7 @@ def run_harvest(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         cfg.activations_dir,
         dtype="fp32" if cfg.model_path else cfg.lm.dtype,
         resume=resume,
+        model_digest=model.digest if model else None,
     )
 
 
@@ -204,6 +208,14 @@ def run_train_sae(cfg: RunConfig, resume: bool = False, activations_file: str | 
     source = Path(activations_file) if activations_file else cfg.activations_dir
     if not activations_file and not (source / "manifest.json").exists():
         raise FileNotFoundError(f"no harvested activations at {source} (run `monosemantic harvest` first)")
+    if (source / "manifest.json").is_file():  # a harvest: of this run's model, if it has one
+        check_same_model(
+            json.loads((source / "manifest.json").read_text()),
+            run_model(cfg),
+            f"the activations in {source}",
+            "harvest again with this model, or train with the run of the model they came from",
+            warn_unrecorded=True,
+        )
     with init_from_env(cfg.device):
         result = train_sae(cfg, source, cfg.sae_dir, resume=resume, device=rank_device(cfg.device))
     if result.final is not None and is_main_process():
@@ -231,6 +243,7 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
     sae = SparseAutoencoder.load(cfg.sae_dir).to(cfg.device)
     lm = load_lm(cfg)
     _check_sae_fits(lm, sae)
+    _check_sae_model(cfg, sae)
     result = evaluate_sae(
         lm, sae, load_token_split(cfg.tokens_dir, "val"), cfg.eval, lm.n_ctx, out_dir=cfg.eval_dir
     )
@@ -259,6 +272,17 @@ def _check_sae_fits(lm: Any, sae: Any) -> None:
 
     what = "the model's MLP" if isinstance(lm, OneLayerHooked) else f"the model's {lm.hook}"
     check_sae_fits(sae, lm.d_in, lm.hook, what=what)
+
+
+def _check_sae_model(cfg: RunConfig, sae: Any) -> None:
+    """Refuse an SAE whose training record names another model than the run's (trainer/provenance.py)."""
+    check_same_model(
+        sae.training_record,
+        run_model(cfg),
+        f"the activations the SAE in {cfg.sae_dir} was trained on",
+        "train it again on this model's activations, or use the run of the model they came from",
+        warn_unrecorded=False,
+    )
 
 
 def check_sae_path(cfg: RunConfig) -> None:
@@ -300,6 +324,7 @@ def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
     sae = SparseAutoencoder.load(cfg.sae_dir)
     model = load_lm(cfg, device="cpu")
     _check_sae_fits(model, sae)
+    _check_sae_model(cfg, sae)
     if cfg.sae_path:  # the stored config describes the SAE that was analysed
         cfg = dataclasses.replace(cfg, sae=sae.cfg)
     tokenizer: Any

@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy_safetensors
 
 from trainer.checkpoint import CheckpointError
+from trainer.provenance import recorded_model
 
 
 class ActivationShapeError(ValueError):
@@ -48,6 +50,7 @@ class ActivationSource(Iterator[torch.Tensor]):
         self.epoch, self.shard_pos, self.row = 0, 0, 0
         self.local_rows = slice(None)  # under data parallelism, this rank's part of each batch
         self.scale = 1.0
+        self.recorded_model: dict[str, Any] = {}  # a harvest's model (trainer/provenance.py)
         self._cache: tuple[tuple[int, int], np.ndarray] | None = None
 
     @property
@@ -200,9 +203,11 @@ def open_activation_source(path: Path, d_in: int | None, batch_size: int, seed: 
         loaders: list[Callable[[], np.ndarray]] = [
             functools.partial(np.load, file, mmap_mode="r") for file in files
         ]
-        return ActivationSource(
+        source = ActivationSource(
             loaders, [s[0] for s in shapes], d_in, batch_size, seed, shuffle_rows=False, name=str(path)
         )
+        source.recorded_model = recorded_model(manifest)
+        return source
     array = _read_user_file(path)
     d_in = _check_width(tuple(array.shape), d_in, str(path))
     in_memory = np.ascontiguousarray(array)

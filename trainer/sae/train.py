@@ -255,6 +255,7 @@ def train_sae(
         "n_steps": n_steps,
         "n_tokens": n_steps * sae_cfg.batch_size,
         "activations": source.name,
+        **source.recorded_model,  # the harvest's model digest and hook, checked by evaluate
     }
     if isinstance(cfg, RunConfig) and cfg.hook:  # the hook it was harvested at (trainer/hooks.py)
         state.sae.hook_name = cfg.hook
