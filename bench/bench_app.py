@@ -562,6 +562,8 @@ def stress_main(args: argparse.Namespace) -> None:
         load_before = os.getloadavg()
         proc, base = start_server(db_url, args.workers, False, tmp / "uvicorn.log")
         try:
+            if args.live_burst:
+                app_burst.warm_up(base, slug)
             phases = [
                 asyncio.run(app_burst.run_phase("BASELINE", base, paths, args.page_clients, args.seconds))
             ]
