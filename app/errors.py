@@ -3,8 +3,8 @@ a run's model folder gone from disk (503, naming it), a bug.
 
 Under /api/ the answer is JSON ({"detail": ...}, FastAPI's shape); elsewhere an HTML page that
 says what was asked for and links back. A 405 keeps its Allow header; a 503 (every live slot or
-database connection taken) carries Retry-After; a 500 gets the security headers itself, as
-Starlette answers it outside every middleware.
+database connection taken, or the live model's process died) carries Retry-After; a 500 gets the
+security headers itself, as Starlette answers it outside every middleware.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Match
 
 from app.inference import ModelMissing
-from app.live import LiveBusy
+from app.live import LiveUnavailable
 from app.queries import NotFoundError
 from app.security import HEADERS as SECURITY_HEADERS
 from app.templating import render
@@ -134,7 +134,8 @@ async def handle_http(request: Request, exc: Exception) -> Response:
 
 
 async def handle_busy(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, LiveBusy)  # nosec B101  # registered for this type only
+    """Every live slot taken, or the model process died or overran its time: 503, Retry-After."""
+    assert isinstance(exc, LiveUnavailable)  # nosec B101  # registered for this type only
     return error(request, 503, str(exc), {"Retry-After": str(exc.retry_after)})
 
 
@@ -171,7 +172,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFoundError, handle_not_found)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(StarletteHTTPException, handle_http)
-    app.add_exception_handler(LiveBusy, handle_busy)
+    app.add_exception_handler(LiveUnavailable, handle_busy)
     app.add_exception_handler(ModelMissing, handle_model_missing)
     app.add_exception_handler(PoolTimeoutError, handle_pool_timeout)
     app.add_exception_handler(Exception, handle_server_error)

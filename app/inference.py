@@ -3,8 +3,9 @@
 A run's model is either ours (`artifacts_path` holds tokenizer.json and lm/) or a transformers
 causal LM (the stored config's `model_path`, read at its `hook` through trainer.hf_model, with
 its own tokenizer); an 'sae' run adds its SAE (`sae_path`, ours or SAELens's layout). They are
-loaded once per run and kept (`load_artifacts` is cached). For a 'neurons' run the features are
-the activations at the hook (the MLP's neurons) themselves.
+loaded once per run and kept (`load_artifacts` is cached, in the app's live model processes:
+app/live.py). For a 'neurons' run the features are the activations at the hook (the MLP's
+neurons) themselves.
 """
 
 from __future__ import annotations
@@ -87,8 +88,6 @@ def _load_sae(source: ModelSource, d_in: int) -> Any | None:
         return None
     if not source.sae_path:
         raise ArtifactsUnavailable("This run records no SAE folder, so its features cannot be computed.")
-    if not Path(source.sae_path).is_dir():
-        raise ModelMissing(f"The run's SAE folder is missing ({source.sae_path}).")
     from trainer.sae import SparseAutoencoder
 
     sae = SparseAutoencoder.load(Path(source.sae_path))
@@ -104,9 +103,6 @@ def _load_transformers(source: ModelSource) -> Artifacts:
     assert source.model_path is not None  # nosec B101  # narrows the type for mypy
     if not source.hook:
         raise ArtifactsUnavailable("This run names a transformers model but no hook point.")
-    folder = Path(source.model_path)
-    if folder.is_absolute() and not folder.is_dir():  # stored absolute when it was a folder
-        raise ModelMissing(f"The run's model folder is missing ({folder}).")
     from trainer.hf_model import load_hooked, load_tokenizer
 
     tokenizer = load_tokenizer(source.model_path).backend_tokenizer
@@ -120,10 +116,6 @@ def _load_own(source: ModelSource) -> Artifacts:
         raise ArtifactsUnavailable("This run records no artifacts folder, so there is no model to run.")
     root = Path(source.artifacts_path)
     tokenizer_path, lm_dir = root / "tokenizer.json", root / "lm"
-    if not tokenizer_path.exists():
-        raise ModelMissing(f"The run's tokenizer is missing ({tokenizer_path}).")
-    if not (lm_dir / "model.safetensors").exists():
-        raise ModelMissing(f"The run's model is missing ({lm_dir}).")
     from trainer.hooks import OneLayerHooked
     from trainer.model import OneLayerTransformer
     from trainer.tokenizer import load_tokenizer
@@ -133,10 +125,32 @@ def _load_own(source: ModelSource) -> Artifacts:
     return Artifacts(tokenizer=load_tokenizer(tokenizer_path), lm=lm, sae=sae, n_ctx=int(lm.n_ctx))
 
 
-@functools.lru_cache(maxsize=4)
+def _check_present(source: ModelSource) -> None:
+    """ModelMissing if a folder or file the run records is gone from disk."""
+    if source.model_path:
+        folder = Path(source.model_path)
+        if folder.is_absolute() and not folder.is_dir():  # stored absolute when it was a folder
+            raise ModelMissing(f"The run's model folder is missing ({folder}).")
+    elif source.artifacts_path:
+        root = Path(source.artifacts_path)
+        if not (root / "tokenizer.json").exists():
+            raise ModelMissing(f"The run's tokenizer is missing ({root / 'tokenizer.json'}).")
+        if not (root / "lm" / "model.safetensors").exists():
+            raise ModelMissing(f"The run's model is missing ({root / 'lm'}).")
+    if source.kind == "sae" and source.sae_path and not Path(source.sae_path).is_dir():
+        raise ModelMissing(f"The run's SAE folder is missing ({source.sae_path}).")
+
+
 def load_artifacts(source: ModelSource) -> Artifacts:
-    """Tokenizer, model at its hook and (for an 'sae' run) SAE of a run; raises ModelMissing for
-    a recorded folder that is gone, ArtifactsUnavailable for anything else that stops it."""
+    """Tokenizer, model at its hook and (for an 'sae' run) SAE of a run, loaded once and kept;
+    raises ModelMissing for a recorded folder that is gone (checked on every call: a model kept
+    from before would otherwise still answer), ArtifactsUnavailable for anything else that stops it."""
+    _check_present(source)
+    return _load_artifacts(source)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_artifacts(source: ModelSource) -> Artifacts:
     try:
         return _load_transformers(source) if source.model_path else _load_own(source)
     except (ArtifactsUnavailable, ModelMissing):

@@ -1,77 +1,282 @@
-"""Bounded model work for the live endpoints (inference, steering).
+"""Bounded model work for the live endpoints (inference, steering), in child processes.
 
-Each worker process runs model work on its own small thread pool (`live_threads`) and admits at
-most `live_max_jobs` jobs at once, running or waiting; one more is refused at once with
-`LiveBusy` (a 503 with Retry-After), so a burst of live requests cannot grow a queue, hold
-database connections or starve the stored pages. A job keeps its slot until its thread is done,
-even if the client has gone, so the bound holds for the CPU and not only for the requests.
-Torch runs each job on `live_torch_threads` intra-op threads: two processes on two cores with a
-thread per core each would fight the pages' event loops for the CPUs.
+Each worker process hands its model work to `processes` child processes of its own, started on
+first use (spawned: no thread or lock of the server is copied into them). A child runs one job at
+a time, at a lower CPU priority (`os.nice(nice)`) on `torch_threads` torch threads, and loads and
+keeps the runs' models itself (`app.inference.load_artifacts` is cached in the child). So a model
+never holds the GIL of the event loop that answers the stored pages, and when pages and models
+both want the CPUs the kernel serves the pages first. (Threads in the server's own process, as
+before, let a steering burst raise the stored pages' p99 tenfold: README, "Live endpoints".)
+
+Admission: at most `max_jobs` jobs per worker at once, running or waiting; one more is refused at
+once with LiveBusy (a 503 with Retry-After), so a burst cannot grow a queue. A job keeps its slot
+until its child is done, even if the client has gone, so the bound holds for the CPU and not only
+for the requests. A child that dies during a job (killed, out of memory) fails that job with
+LiveFailed (also a 503 with Retry-After), and a new child is started for the next job; a job that
+runs longer than `timeout` seconds has its child killed the same way, so no request waits forever.
+
+A job is `function(*args)`: a module-level function (sent by reference) and picklable arguments;
+its result comes back pickled, and an exception raised in the child is raised in the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
+import os
+import pickle  # nosec B403  # only between this process and the children it spawned
+import queue
+import signal
 import threading
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 if TYPE_CHECKING:
     from app.inference import ModelSource
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+STOP_SECONDS = 5.0  # how long a stopping child may take before it is killed
+START_SECONDS = 120.0  # how long a new child may take to import torch and say it is ready
+READY = b"ready"
 
 
-class LiveBusy(RuntimeError):
-    """Every live slot of this worker is taken; try again after `retry_after` seconds."""
+class LiveUnavailable(RuntimeError):
+    """No live answer now; try again after `retry_after` seconds (a 503 with Retry-After)."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("The server is busy with other live requests; try again in a few seconds.")
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
         self.retry_after = retry_after
 
 
-def _limit_torch_threads(n_threads: int) -> None:
-    """Torch's intra-op threads for this process (0: leave torch's default, a thread per core)."""
-    if n_threads > 0:
+class LiveBusy(LiveUnavailable):
+    """Every live slot of this worker is taken."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "The server is busy with other live requests; try again in a few seconds.", retry_after
+        )
+
+
+class LiveFailed(LiveUnavailable):
+    """The model process died, or overran its time, during this job; a new one takes the next."""
+
+
+# ----------------------------------------------------------------------------- the child
+
+
+def _portable(exc: Exception) -> Exception:
+    """`exc` with the child's traceback as a note (the parent logs it with a 500), or, if it
+    cannot be pickled back, a RuntimeError saying what it was."""
+    exc.add_note("in the live model process:\n" + "".join(traceback.format_exception(exc)))
+    try:
+        pickle.loads(pickle.dumps(exc))  # nosec B301  # our own bytes, a moment old
+        return exc
+    except Exception:  # an exception whose constructor takes other arguments than its args
+        plain = RuntimeError(f"{type(exc).__name__}: {exc}")
+        plain.__notes__ = exc.__notes__
+        return plain
+
+
+def _child_main(conn: Connection, nice: int, torch_threads: int) -> None:
+    """A child's loop: run each job it receives and send back ("ok", result) or ("error",
+    exception), until the parent closes the pipe (or dies, which closes it too)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    if nice > 0:
+        os.nice(nice)
+    if torch_threads > 0:
         import torch
 
-        torch.set_num_threads(n_threads)
+        torch.set_num_threads(torch_threads)
+    conn.send_bytes(READY)  # the job timeout starts counting after the imports
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            function, args = pickle.loads(message)  # nosec B301  # sent by the parent, see above
+            reply: tuple[str, Any] = ("ok", function(*args))
+        except Exception as exc:
+            reply = ("error", _portable(exc))
+        try:
+            conn.send(reply)  # pickled whole before a byte is written
+        except (BrokenPipeError, EOFError, ConnectionResetError):
+            return
+        except Exception as exc:  # a result that cannot be pickled
+            conn.send(("error", _portable(RuntimeError(f"the live result could not be sent back: {exc}"))))
+
+
+# ----------------------------------------------------------------------------- the parent
+
+
+class LiveProcess:
+    """One child process running jobs one at a time: started on first use, and again after it
+    died or was killed. `call` is blocking: the executor calls it from one of its threads."""
+
+    def __init__(self, name: str, nice: int, torch_threads: int, timeout: float, retry_after: int) -> None:
+        self.name = name
+        self.nice = nice
+        self.torch_threads = torch_threads
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._process: BaseProcess | None = None
+        self._conn: Connection | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (None before the first job, or after it died)."""
+        process = self._process
+        return process.pid if process is not None and process.is_alive() else None
+
+    def _start(self) -> tuple[BaseProcess, Connection]:
+        context = multiprocessing.get_context("spawn")
+        parent_end, child_end = context.Pipe()
+        process = context.Process(
+            target=_child_main,
+            args=(child_end, self.nice, self.torch_threads),
+            name=self.name,
+            daemon=True,  # ended with this process if it exits without `stop`
+        )
+        process.start()
+        child_end.close()  # the child's end lives in the child only: its death closes the pipe
+        self._process, self._conn = process, parent_end
+        try:
+            answered = bool(wait([parent_end, process.sentinel], START_SECONDS)) and parent_end.poll()
+            ready = answered and parent_end.recv_bytes() == READY
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self.stop()
+            log.warning("the live model process %s did not start", self.name)
+            raise LiveFailed("The live model process could not start; try again.", self.retry_after)
+        return process, parent_end
+
+    def call(self, function: Callable[..., T], args: tuple[object, ...]) -> T:
+        """`function(*args)` in the child; its exception re-raised here; LiveFailed if the child
+        dies or runs past the timeout (it is stopped; the next call starts a new one)."""
+        process, conn = self._process, self._conn
+        if process is None or conn is None or not process.is_alive():
+            self.stop()
+            process, conn = self._start()
+        job = pickle.dumps((function, args))  # an argument that cannot be pickled fails here, a bug
+        try:
+            conn.send_bytes(job)
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            raise self._died() from None
+        if not wait([conn, process.sentinel], self.timeout):
+            self.stop()
+            log.warning("live job %s ran over %g s: its process was stopped", function.__name__, self.timeout)
+            raise LiveFailed(
+                f"The model took longer than {self.timeout:g} s and was stopped; try again.", self.retry_after
+            )
+        reply: tuple[str, Any] | None = None
+        try:
+            if conn.poll():
+                reply = conn.recv()
+        except (EOFError, OSError):
+            reply = None
+        if reply is None:  # the pipe closed without an answer: the child is gone
+            raise self._died()
+        status, value = reply
+        if status == "error":
+            raise value
+        return cast(T, value)
+
+    def _died(self) -> LiveFailed:
+        process = self._process
+        if process is not None:
+            process.join(STOP_SECONDS)
+        code = process.exitcode if process is not None else None
+        self.stop()
+        log.warning("the live model process %s ended during a job (exit code %s)", self.name, code)
+        return LiveFailed(
+            f"The live model process stopped during this request (exit code {code}); "
+            "a new one takes the next request: try again.",
+            self.retry_after,
+        )
+
+    def stop(self) -> None:
+        """End the child (closing its pipe ends it; killed if it does not end at once)."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()
+        if process is not None:
+            process.join(0.5)
+            if process.is_alive():
+                process.kill()
+                process.join(STOP_SECONDS)
+
+    def kill(self) -> None:
+        """Kill the child now, from any thread (a running `call` then fails with LiveFailed)."""
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
 
 
 class LiveExecutor:
-    """A thread pool for model work with an admission limit (see the module docstring)."""
+    """Child processes for model work with an admission limit (see the module docstring)."""
 
-    def __init__(self, threads: int, max_jobs: int, retry_after: int, torch_threads: int) -> None:
-        self.max_jobs = max(max_jobs, threads)
+    def __init__(
+        self,
+        processes: int,
+        max_jobs: int,
+        retry_after: int,
+        torch_threads: int,
+        nice: int = 10,
+        timeout: float = 60.0,
+    ) -> None:
+        self.max_jobs = max(max_jobs, processes)
         self.retry_after = retry_after
-        self._pool = ThreadPoolExecutor(
-            max_workers=threads,
-            thread_name_prefix="live",
-            initializer=_limit_torch_threads,
-            initargs=(torch_threads,),
-        )
+        self.children = [
+            LiveProcess(f"monosemantic-live-{i}", nice, torch_threads, timeout, retry_after)
+            for i in range(processes)
+        ]
+        self._idle: queue.SimpleQueue[LiveProcess] = queue.SimpleQueue()
+        for child in self.children:
+            self._idle.put(child)
+        # One thread per child, each waiting on its child's answer (no GIL held meanwhile).
+        self._pool = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="live")
         self._jobs = 0
         self._lock = threading.Lock()
 
     @property
     def jobs(self) -> int:
-        """Jobs admitted and not yet finished (running or waiting for a thread)."""
+        """Jobs admitted and not yet finished (running or waiting for a process)."""
         return self._jobs
+
+    def refuse_if_full(self) -> None:
+        """LiveBusy if every slot is taken now: a request that `run` would refuse skips its
+        database reads (`run` still decides for certain)."""
+        if self._jobs >= self.max_jobs:
+            raise LiveBusy(self.retry_after)
 
     def _release(self, _future: Future[Any]) -> None:
         with self._lock:
             self._jobs -= 1
 
+    def _call(self, function: Callable[..., T], args: tuple[object, ...]) -> T:
+        child = self._idle.get()  # one thread per child: one is always idle here
+        try:
+            return child.call(function, args)
+        finally:
+            self._idle.put(child)
+
     async def run(self, function: Callable[..., T], *args: object) -> T:
-        """`function(*args)` on the pool; raises LiveBusy at once if `max_jobs` are admitted."""
+        """`function(*args)` in a child process; raises LiveBusy at once if `max_jobs` are admitted."""
         with self._lock:
             if self._jobs >= self.max_jobs:
                 raise LiveBusy(self.retry_after)
             self._jobs += 1
         try:
-            future = self._pool.submit(function, *args)
+            future = self._pool.submit(self._call, function, args)
         except BaseException:
             self._release(Future())
             raise
@@ -79,7 +284,20 @@ class LiveExecutor:
         return await asyncio.wrap_future(future)
 
     def shutdown(self) -> None:
+        """Stop every child: the idle ones now, the busy ones by a kill (their threads then
+        fail their jobs with LiveFailed and stop them)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        idle = set()
+        while True:
+            try:
+                idle.add(id(self._idle.get_nowait()))
+            except queue.Empty:
+                break
+        for child in self.children:
+            if id(child) in idle:
+                child.stop()
+            else:
+                child.kill()
 
 
 Answer = TypeVar("Answer")

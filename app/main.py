@@ -72,10 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if app.state.schema_version is not None:
             warm_up(app.state.templates, engine)
         app.state.live = LiveExecutor(
-            threads=settings.live_threads,
+            processes=settings.live_processes,
             max_jobs=settings.live_max_jobs,
             retry_after=settings.live_retry_after,
             torch_threads=settings.live_torch_threads,
+            nice=settings.live_nice,
+            timeout=settings.live_timeout,
         )
         yield
         app.state.live.shutdown()

@@ -32,10 +32,14 @@ class Settings(BaseSettings):
     # runs; 16 keeps PostgreSQL at 32 connections for 2 workers, well under its default 100.
     db_pool_size: int = Field(default=16, ge=1, le=256)
     db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
-    # Live inference and steering, per worker process: threads running the model, jobs admitted at
-    # once (running or waiting; one more gets 503 with Retry-After at once), the Retry-After
-    # seconds, and torch's intra-op threads (0: torch's default, one per core).
-    live_threads: int = Field(default=1, ge=1, le=64)
+    # Live inference and steering, per worker process (app/live.py): child processes running the
+    # model, one job at a time each, at `live_nice` lower CPU priority than the pages and on
+    # `live_torch_threads` torch threads (0: torch's default, one per core); jobs admitted at once
+    # (running or waiting; one more gets 503 with Retry-After at once); the Retry-After seconds;
+    # and the seconds a job may run before its process is killed (503, and a new process).
+    live_processes: int = Field(default=1, ge=1, le=64)
     live_max_jobs: int = Field(default=4, ge=1, le=1024)
     live_retry_after: int = Field(default=2, ge=1, le=3600)
     live_torch_threads: int = Field(default=1, ge=0, le=256)
+    live_nice: int = Field(default=10, ge=0, le=19)
+    live_timeout: float = Field(default=60.0, gt=0, le=3600)

@@ -4,7 +4,9 @@ A closed-loop asyncio/httpx load generator (wrk cannot mix slow live requests wi
 and count 503s apart): `page_clients` clients load stored feature pages, one client samples
 /-/health every 20 ms, and in the stress phase either `live_clients` clients send steers
 back to back (each as soon as its last one is answered), or a writer command runs on the served
-database (`monosemantic prerender --force`, or `analyze`). Each phase reports p50/p99, errors and
+database (`monosemantic prerender --force`, or `analyze`). The steering clients run in a process
+of their own: one Python client process tops out near one core (~2 ms of client CPU a request),
+and sharing it would make the pages' latencies measure the client's own queue. Each phase reports p50/p99, errors and
 503 counts per route; a BASELINE phase (the same page load, no stress) comes first, so the
 figures can be read as ratios against it.
 """
@@ -12,11 +14,13 @@ figures can be read as ratios against it.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import random
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import httpx
@@ -97,6 +101,16 @@ def prerender(db_url: str, slug: str, force: bool = False) -> subprocess.Popen[b
     return subprocess.Popen([*command, *(["--force"] if force else [])], stdout=subprocess.DEVNULL)
 
 
+def warm_up(base: str, slug: str, requests: int = 12) -> None:
+    """Steers on fresh connections (SO_REUSEPORT spreads them over the workers; 12 miss one of
+    two workers with p = 1/2048), so the workers have started their model processes and loaded
+    the model before the phases: the burst measures serving, not loading."""
+    for feature in range(requests):
+        with httpx.Client(base_url=base, timeout=120.0, trust_env=False) as client:
+            params = {"text": STEER_TEXT, "feature": feature, "tokens": 4}
+            client.get(f"/api/runs/{slug}/steer", params=params).raise_for_status()
+
+
 # ----------------------------------------------------------------------------- load
 
 
@@ -141,6 +155,30 @@ async def _steers(
             await asyncio.sleep(float(response.headers.get("retry-after", "1")) / 4)
 
 
+def _steering_process(
+    base: str, slug: str, n_features: int, clients: int, seconds: float, conn: Connection
+) -> None:
+    """`clients` steering clients for `seconds` in this (separate) process; sends their RouteStats."""
+
+    async def steer() -> RouteStats:
+        stats, stop = RouteStats(), asyncio.Event()
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(
+            base_url=base, limits=limits, timeout=httpx.Timeout(60.0), trust_env=False
+        ) as client:
+            tasks = [
+                asyncio.create_task(_steers(client, slug, n_features, stats, stop, 1000 + i))
+                for i in range(clients)
+            ]
+            conn.send("started")
+            await asyncio.sleep(seconds)
+            stop.set()
+            await asyncio.gather(*tasks)
+        return stats
+
+    conn.send(asyncio.run(steer()))
+
+
 @dataclass
 class Phase:
     name: str
@@ -169,13 +207,13 @@ async def run_phase(
             for seed in range(page_clients)
         ]
         tasks.append(asyncio.create_task(_health(client, routes["health"], stop)))
+        steering = None
         if live is not None:
-            slug, n_features, clients = live
-            routes["steer"] = RouteStats()
-            tasks += [
-                asyncio.create_task(_steers(client, slug, n_features, routes["steer"], stop, 1000 + i))
-                for i in range(clients)
-            ]
+            context = multiprocessing.get_context("spawn")
+            receiver, sender = context.Pipe(duplex=False)
+            steering = context.Process(target=_steering_process, args=(base, *live, seconds, sender))
+            steering.start()
+            assert await asyncio.to_thread(receiver.recv) == "started"
         started = time.perf_counter()
         if writer is not None:
             process = await asyncio.create_subprocess_exec(
@@ -189,6 +227,9 @@ async def run_phase(
         elapsed = time.perf_counter() - started
         stop.set()
         await asyncio.gather(*tasks)
+        if steering is not None:
+            routes["steer"] = await asyncio.to_thread(receiver.recv)
+            steering.join()
     return Phase(name, elapsed, routes)
 
 

@@ -35,9 +35,9 @@ Stress modes (a Python load generator, bench/app_burst.py; no wrk needed):
     python bench/bench_app.py --while-writing      # `prerender --force` on the served database
 
 --live-burst N: the synthetic database's 'sae' run gets a randomly initialised demo-shaped model
-and SAE, its pages are pre-rendered, then 16 clients load its stored feature pages and one
-samples /-/health for --seconds (BASELINE), and again while N clients send steers back to back
-(BURST). Targets in the burst: feature page p99 < 50 ms and /-/health p99 < 20 ms, with no
+and SAE, its pages are pre-rendered, a few steers load the model in every worker, then 16 clients
+load its stored feature pages and one samples /-/health for --seconds (BASELINE), and again while
+N clients (in a process of their own) send steers back to back (BURST). Targets in the burst: feature page p99 < 50 ms and /-/health p99 < 20 ms, with no
 errors but the 503s of refused steers.
 --while-writing: the same page load while `monosemantic prerender --force` re-renders that run's
 pages into the served database (WRITING), after the BASELINE.
@@ -562,6 +562,8 @@ def stress_main(args: argparse.Namespace) -> None:
         load_before = os.getloadavg()
         proc, base = start_server(db_url, args.workers, False, tmp / "uvicorn.log")
         try:
+            if args.live_burst:
+                app_burst.warm_up(base, slug)
             phases = [
                 asyncio.run(app_burst.run_phase("BASELINE", base, paths, args.page_clients, args.seconds))
             ]

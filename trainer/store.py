@@ -12,6 +12,7 @@ the next publish of that slug removes it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -43,6 +44,7 @@ from trainer.schema import (
 )
 
 PENDING_MARK = "~pending-"
+SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, the result code of "database or disk is full"
 CHILD_TABLES = (ExampleEffect, RunFinding, Example, TokenFeature, Token, Interpretation, Feature)
 
 
@@ -163,20 +165,59 @@ def mark_failed(engine: Engine, run_id: int, error: str) -> None:
         conn.execute(update(Run).where(Run.id == run_id).values(status="failed", error=error[:10_000]))
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether a database error says the disk is full: SQLite's SQLITE_FULL, PostgreSQL's
+    disk_full (SQLSTATE 53100)."""
+    if not isinstance(exc, SQLAlchemyError):
+        return False
+    cause = getattr(exc, "orig", None) or exc
+    return (
+        getattr(cause, "sqlite_errorcode", None) == SQLITE_FULL
+        or getattr(cause, "sqlstate", None) == "53100"
+        or "database or disk is full" in str(cause)
+    )
+
+
+def _out_of_space(engine: Engine, slug: str) -> OSError:
+    where = engine.url.render_as_string(hide_password=True)
+    return OSError(
+        errno.ENOSPC,
+        f"no space left to write run {slug!r} to the database {where}; its earlier runs are kept "
+        "(this attempt is not listed as complete): free some space and run the same command again",
+    )
+
+
 @contextmanager
 def pending_run(engine: Engine, slug: str, **fields: Any) -> Iterator[int]:
     """Create a pending run, yield its id; publish it if the block succeeds, else mark it failed
-    and re-raise."""
-    run_id = create_pending_run(engine, slug, **fields)
+    and re-raise (a full disk as a one-line OSError: SQL errors quote their statement)."""
+    try:
+        run_id = create_pending_run(engine, slug, **fields)
+    except SQLAlchemyError as exc:
+        if disk_full(exc):
+            raise _out_of_space(engine, slug) from exc
+        raise
     try:
         yield run_id
     except BaseException as exc:
-        try:
-            mark_failed(engine, run_id, f"{type(exc).__name__}: {exc}")
-        except SQLAlchemyError:
-            pass  # the original error matters more than the bookkeeping one
+        _mark_failed_if_possible(engine, run_id, f"{type(exc).__name__}: {exc}")
+        if disk_full(exc):
+            raise _out_of_space(engine, slug) from exc
         raise
-    publish_run(engine, run_id, slug)
+    try:
+        publish_run(engine, run_id, slug)
+    except SQLAlchemyError as exc:
+        if disk_full(exc):
+            _mark_failed_if_possible(engine, run_id, f"{type(exc).__name__}: {exc}")
+            raise _out_of_space(engine, slug) from exc
+        raise
+
+
+def _mark_failed_if_possible(engine: Engine, run_id: int, error: str) -> None:
+    try:
+        mark_failed(engine, run_id, error)
+    except SQLAlchemyError:
+        pass  # the original error matters more than the bookkeeping one
 
 
 def complete_runs(engine: Engine) -> list[tuple[int, str]]:

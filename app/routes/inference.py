@@ -126,6 +126,7 @@ async def _infer(
 ) -> InferenceResult:
     """Three steps, so no database connection is held while the model runs: read the run (thread
     pool), run the model (the bounded live executor: LiveBusy if full), read labels and tokens."""
+    live.refuse_if_full()  # before the database: a refused request costs next to nothing
     prepared = await run_in_threadpool(_prepare, engine, run, text, feature)
     try:
         n_ctx, acts = await live.run(_compute, prepared, text)

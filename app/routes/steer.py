@@ -161,6 +161,7 @@ async def _steer(
 ) -> SteerResult:
     """Three steps, so no database connection is held while the model runs: read the run (thread
     pool), run the model (the bounded live executor: LiveBusy if full), read the tokens."""
+    live.refuse_if_full()  # before the database: a refused request costs next to nothing
     prepared = await run_in_threadpool(_prepare, engine, run, text, feature, value, n_tokens)
     try:
         n_ctx, result = await live.run(_generate, prepared, text, feature, prepared.empty.value, n_tokens)

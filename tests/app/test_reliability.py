@@ -4,18 +4,21 @@ and the HTTP contract (HEAD, Allow, relative redirects, static files, 500 page, 
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import livejobs
 import pytest
 from appdb import NEURON_RUN, SAE_RUN, FixtureDB
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from app import steering
+from app.live import LiveProcess
 from app.main import create_app
 from app.security import CONTENT_SECURITY_POLICY
 from app.settings import Settings
@@ -27,7 +30,7 @@ STEER = f"/api/runs/{SAE_RUN}/steer?text=the+cat&feature=2&tokens=4"
 def tight_client(fixture_db: FixtureDB) -> Iterator[TestClient]:
     """An app with one live slot, one database connection and a short wait for it."""
     settings = Settings(
-        database_url=fixture_db.url, live_threads=1, live_max_jobs=1, db_pool_size=1, db_pool_timeout=3.0
+        database_url=fixture_db.url, live_processes=1, live_max_jobs=1, db_pool_size=1, db_pool_timeout=3.0
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
@@ -36,22 +39,21 @@ def tight_client(fixture_db: FixtureDB) -> Iterator[TestClient]:
 # ----------------------------------------------------------------------------- bounded live work
 
 
-def test_a_live_request_beyond_the_limit_is_refused_at_once(tight_client: TestClient) -> None:
+def test_a_live_request_beyond_the_limit_is_refused_at_once(tight_client: TestClient, tmp_path: Path) -> None:
     """Limit 1: while one job runs, a second live request gets 503 with Retry-After at once."""
     live = tight_client.app.state.live  # type: ignore[attr-defined]
-    release, started = threading.Event(), threading.Event()
-
-    def occupy() -> None:
-        started.set()
-        release.wait(30)
+    answers: list[int] = []
 
     def hold_the_slot() -> None:
-        tight_client.portal.call(live.run, occupy)  # type: ignore[union-attr]
+        answers.append(tight_client.portal.call(live.run, livejobs.hold, str(tmp_path)))  # type: ignore[union-attr]
 
     holder = threading.Thread(target=hold_the_slot)
     holder.start()
     try:
-        assert started.wait(10) and live.jobs == 1
+        deadline = time.monotonic() + 60  # the first job starts the model process
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (tmp_path / "started").exists() and live.jobs == 1
         began = time.monotonic()
         busy = tight_client.get(STEER)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
@@ -62,9 +64,9 @@ def test_a_live_request_beyond_the_limit_is_refused_at_once(tight_client: TestCl
         # Stored data still answers: the slot limits model work only.
         assert tight_client.get(f"/api/runs/{SAE_RUN}/features/2").status_code == 200
     finally:
-        release.set()
+        (tmp_path / "release").touch()
         holder.join(10)
-    assert live.jobs == 0
+    assert live.jobs == 0 and answers == [live.children[0].pid] and answers[0] != os.getpid()
     assert tight_client.get(STEER).status_code == 200
 
 
@@ -73,13 +75,13 @@ def test_no_database_connection_is_held_while_the_model_runs(
 ) -> None:
     engine = tight_client.app.state.engine  # type: ignore[attr-defined]
     held: list[int] = []
-    real_steer = steering.steer
+    real_call = LiveProcess.call
 
-    def watched_steer(*args: Any, **kwargs: Any) -> Any:
-        held.append(engine.pool.checkedout())
-        return real_steer(*args, **kwargs)
+    def watched_call(self: LiveProcess, function: Any, args: Any) -> Any:
+        held.append(engine.pool.checkedout())  # the model runs in the child until `call` returns
+        return real_call(self, function, args)
 
-    monkeypatch.setattr(steering, "steer", watched_steer)
+    monkeypatch.setattr(LiveProcess, "call", watched_call)
     body = tight_client.get(STEER).json()
     assert body["pinned"]["tokens"] and held == [0]
 

@@ -1,5 +1,5 @@
-"""A full disk during checkpointing: a clear error, nothing corrupt, and the same command
-finishes the work once there is space. The disk is a real size-limited file system
+"""A full disk during checkpointing and during analysis: a clear error, nothing corrupt, and the
+same command finishes the work once there is space. The disk is a real size-limited file system
 (a tmpfs mounted for the test; the tests run as root, as CI does)."""
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ import torch
 
 from trainer.checkpoint import load_training_state
 from trainer.sae import train_sae
+from trainer.schema import make_engine
+from trainer.store import complete_runs, open_database
 
 sys.path.insert(0, str(Path(__file__).parent / "sae"))
+sys.path.insert(0, str(Path(__file__).parent))
 from saedata import sae_cfg, superposition  # noqa: E402
+from test_store import runs, store  # noqa: E402
 
 
 class SmallDisk:
@@ -68,3 +72,38 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(
     resumed = train_sae(cfg, data, out, resume=True, progress=False)
     for name, tensor in reference.sae.state_dict().items():
         assert torch.equal(tensor, resumed.sae.state_dict()[name]), name
+
+
+def _integrity(url: str) -> str:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        verdict = str(conn.exec_driver_sql("PRAGMA integrity_check").scalar_one())
+    engine.dispose()
+    return verdict
+
+
+def test_a_full_disk_while_analysis_writes_keeps_the_database_whole(
+    tmp_path: Path, small_disk: SmallDisk
+) -> None:
+    """The SQLite database on a disk with room for one run but not two: re-analysing the run fails
+    with a one-line error, the database passes integrity_check and still shows the old run (the
+    half-written one not as complete); with more room the same call replaces the old run."""
+    small_disk.mount(64 << 20)
+    url = f"sqlite:///{small_disk.path / 'monosemantic.db'}"
+    old_id = store(url, tmp_path)
+    db_size = (small_disk.path / "monosemantic.db").stat().st_size  # the WAL is gone once closed
+    small_disk.resize(db_size + db_size // 2)
+
+    with pytest.raises(OSError, match="no space left to write run 'tiny-paper'") as raised:
+        store(url, tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message and "free some space" in message, message
+    assert _integrity(url) == "ok"
+    assert complete_runs(open_database(url)) == [(old_id, "tiny-paper")]
+    assert [status for _slug, status in runs(url)] == ["complete", "failed"]
+
+    small_disk.resize(6 * db_size)
+    new_id = store(url, tmp_path)
+    assert _integrity(url) == "ok"
+    assert complete_runs(open_database(url)) == [(new_id, "tiny-paper")] and new_id != old_id
+    assert runs(url) == [("tiny-paper", "complete")]  # the failed attempt's leftovers are gone

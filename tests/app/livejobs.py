@@ -1,0 +1,21 @@
+"""Jobs for the live model processes in tests: module-level, so a child process can import them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def hold(flags: str) -> int:
+    """Touch `started` in the folder `flags`, wait (at most 60 s) until `release` appears there;
+    returns the process id it ran in."""
+    Path(flags, "started").touch()
+    deadline = time.monotonic() + 60
+    while not Path(flags, "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return os.getpid()
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
