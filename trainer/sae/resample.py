@@ -36,7 +36,8 @@ def resample_steps(cfg: SAEConfig) -> set[int]:
 def resample_dead_latents(state: TrainState, n_rows: int = RESAMPLE_ROWS) -> ResampleResult:
     """Towards Monosemanticity, appendix "Neuron Resampling": dead latents get the direction of an
     input the SAE reconstructs badly (drawn with probability ∝ loss²), their encoder vector that
-    direction × 0.2 × the mean alive encoder norm, b_enc 0, and fresh Adam moments.
+    direction × 0.2 (the paper's; `resample_encoder_scale`) × the mean alive encoder norm, b_enc 0,
+    the variant's own parameters reset (`Variant.resample_extra`), and fresh Adam moments.
 
     "Input" is taken as the SAE sees it, x − b_dec, so the new latent fires on the input it was
     drawn from (a raw MLP activation is all-positive and mostly its mean). Under data parallelism

@@ -4,6 +4,10 @@ JumpReLU Sparse Autoencoders".
     f = pre · 1[pre > θ],  θ > 0 a learned threshold per latent (kept as log θ)
     L = (1/N) Σ_n ‖x_n − x̂_n‖² + λ_t · (1/N) Σ_n ‖f_n‖₀
 
+plus, on the latents that are dead (silent for the dead window), Anthropic's pre-activation loss
+(Circuits Updates, January 2025) `jumprelu_preact_coefficient` · (1/N) Σ_n Σ_dead relu(θ − pre),
+which pulls a silent latent's pre-activations up to its threshold (and θ down) until it fires.
+
 The step function has no gradient in θ, so both JumpReLU and the L0 term pass straight-through
 estimates to θ through a rectangle kernel of width ε = `jumprelu_bandwidth` (their eq. 11).
 
@@ -109,6 +113,8 @@ class JumpReLULossFunction(torch.autograd.Function):
     JumpReLUFunction and StepFunction to θ, through dL/df there, ⟨2(x̂ − x)/N, W_dec[latent]⟩.
 
     Entry e is latent latents[e] of row rows[e] (grouped by row), its pre-activation values[e].
+    preact_weights [d_sae] (or None) weighs the pre-activation loss (`preact_loss`), whose
+    gradient is a rank-one term over every row plus a correction on the active entries.
     Returns (loss, mse, l0, active [E] bool)."""
 
     @staticmethod
