@@ -1,5 +1,5 @@
-"""Dead latents at low L0: TopK and BatchTopK resample theirs early in the run by default, JumpReLU
-pulls them back with the pre-activation loss (trainer.sae.variants.jumprelu)."""
+"""Dead latents at low L0: TopK resamples its own early in the run by default, JumpReLU pulls them
+back with the pre-activation loss (trainer.sae.variants.jumprelu)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,9 @@ def test_jumprelu_preact_loss_keeps_latents_alive(tmp_path: Path, planted_file) 
     assert with_loss < 0.16 < without, (with_loss, without)
 
 
-@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
-def test_topk_variants_resample_dead_latents_early_by_default(
-    tmp_path: Path, data_file, variant: str
-) -> None:
+def test_topk_resamples_dead_latents_early_by_default(tmp_path: Path, data_file) -> None:
     path, _ = data_file
-    cfg = sae_cfg(variant=variant, k=1, n_tokens=256 * 40, dead_window_fraction=0.05)
+    cfg = sae_cfg(variant="topk", k=1, n_tokens=256 * 40, dead_window_fraction=0.05)
     assert cfg.resample_fractions is None and max(resample_steps(cfg)) <= cfg.n_steps * 0.6
     result = train_sae(cfg, path, tmp_path, progress=False)
     assert [r["step"] for r in result.resamples] == sorted(resample_steps(cfg))
