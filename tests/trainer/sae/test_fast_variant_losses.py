@@ -136,9 +136,18 @@ def test_batchtopk_widens_a_row_that_holds_the_batch() -> None:
 # ---------------------------------------------------------------------------- jumprelu
 
 
-def test_jumprelu_fast_loss_matches_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("n_dead", [0, 12])  # with dead latents, the pre-activation loss is on
+def test_jumprelu_fast_loss_matches_autograd(monkeypatch: pytest.MonkeyPatch, n_dead: int) -> None:
     monkeypatch.setattr(jumprelu, "SPARSE_BELOW", 1.01)  # the sparse path on a tiny, dense batch
-    state = make_state("jumprelu", l1_coefficient=0.7, jumprelu_bandwidth=0.4, jumprelu_init_threshold=0.3)
+    state = make_state(
+        "jumprelu",
+        n_dead,
+        l1_coefficient=0.7,
+        jumprelu_bandwidth=0.4,
+        jumprelu_init_threshold=0.3,
+        jumprelu_preact_coefficient=0.3,
+    )
+    assert (jumprelu.preact_weights(state) is None) == (n_dead == 0)
     x = torch.randn(64, 16).relu()
     pre = state.sae.pre_activations(x).detach()
     threshold = state.sae.log_threshold.exp().detach()

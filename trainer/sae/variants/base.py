@@ -90,7 +90,11 @@ class Variant:
     saelens_activation_fn: ClassVar[str] = "relu"  # cfg.json's activation_fn_str
     sparsity_loss_name: ClassVar[str]  # what StepStats.sparsity_loss is, in training_log.json
     unit_norm_decoder: ClassVar[bool] = True  # W_dec rows kept at unit norm through training
-    resamples: ClassVar[bool] = False  # dead latents resampled at SAEConfig.resample_fractions
+    # Dead latents are resampled after these fractions of the run (SAEConfig.resample_fractions),
+    # their encoder vectors this × the mean alive norm (SAEConfig.resample_encoder_scale).
+    default_resample_fractions: ClassVar[tuple[float, ...]] = ()
+    default_resample_encoder_scale: ClassVar[float] = 0.2
+    resample_takes_rows: ClassVar[bool] = False  # the rows scored are skipped by training (paper)
     uses_sparsity_coefficient: ClassVar[bool] = True  # λ_t is l1_coefficient (else aux_coefficient)
     # The encoder's initial scale relative to the decoder's transpose (SAEConfig.init_norm).
     default_init_norm: ClassVar[float] = 0.1
@@ -132,6 +136,10 @@ class Variant:
         activations [N, d_sae] and the reconstruction error x − x̂ [N, d_in]."""
         raise NotImplementedError
 
+    def auxiliary_loss(self, state: TrainState, pre: torch.Tensor) -> torch.Tensor | float:
+        """A further term of the loss, from the pre-activations [N, d_sae] (none by default)."""
+        return 0.0
+
     def sparsity_weight(self, state: TrainState, step: int) -> float:
         """λ_t, the coefficient of the sparsity term at `step` (1-based)."""
         if not self.uses_sparsity_coefficient:
@@ -150,8 +158,15 @@ class Variant:
             residual = x - x_hat.float()
             mse = residual.pow(2).sum(-1).mean()
             sparsity = self.sparsity_loss(state, pre, f, residual)
-            loss = mse + self.sparsity_weight(state, step) * sparsity
+            loss = mse + self.sparsity_weight(state, step) * sparsity + self.auxiliary_loss(state, pre)
         return loss, mse, sparsity, f
+
+    def resample_extra(
+        self, sae: SparseAutoencoder, dead_idx: torch.Tensor, dead: torch.Tensor
+    ) -> list[tuple[torch.Tensor, tuple[Any, ...]]]:
+        """Reset the variant's own parameters of the resampled latents dead_idx (dead [d_sae] the
+        mask); returns the (parameter, index) pairs whose Adam moments are to be cleared."""
+        return []
 
     def finish_training(self, state: TrainState) -> None:
         """After the last step, on the training's (normalised) units: settle whatever inference

@@ -4,6 +4,10 @@ JumpReLU Sparse Autoencoders".
     f = pre · 1[pre > θ],  θ > 0 a learned threshold per latent (kept as log θ)
     L = (1/N) Σ_n ‖x_n − x̂_n‖² + λ_t · (1/N) Σ_n ‖f_n‖₀
 
+plus, on the latents that are dead (silent for the dead window), Anthropic's pre-activation loss
+(Circuits Updates, January 2025) `jumprelu_preact_coefficient` · (1/N) Σ_n Σ_dead relu(θ − pre),
+which pulls a silent latent's pre-activations up to its threshold (and θ down) until it fires.
+
 The step function has no gradient in θ, so both JumpReLU and the L0 term pass straight-through
 estimates to θ through a rectangle kernel of width ε = `jumprelu_bandwidth` (their eq. 11).
 
@@ -76,6 +80,26 @@ class StepFunction(torch.autograd.Function):
         return None, (-(1.0 / eps) * kernel * grad.float()).sum(0), None
 
 
+def preact_loss(
+    weights: torch.Tensor,
+    centred_sum: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    threshold: torch.Tensor,
+    active_latents: torch.Tensor,
+    active_values: torch.Tensor,
+    n: int,
+) -> torch.Tensor:
+    """(1/N) Σ_n Σ_i w_i relu(θ_i − pre_n,i) from the sparse code: Σ_n (θ_i − pre_n,i) over every
+    row (pre is linear in x, so that is θ_i N − Σ_n x̄_n·W_enc[:, i] − N b_enc_i), plus
+    pre − θ_i on the active entries (pre > θ_i), where the ReLU is 0."""
+    every_row = n * threshold - centred_sum @ W_enc.detach() - n * b_enc.detach()  # [d_sae]
+    over = torch.zeros_like(threshold).index_add_(
+        0, active_latents, active_values - threshold[active_latents]
+    )
+    return (weights * (every_row + over)).sum() / n
+
+
 # The sparse path runs while fewer than this fraction of the pre-activations are above θ − ε/2
 # (early in a run, if at all, the autograd reference takes the rest).
 SPARSE_BELOW = 0.1
@@ -89,6 +113,8 @@ class JumpReLULossFunction(torch.autograd.Function):
     JumpReLUFunction and StepFunction to θ, through dL/df there, ⟨2(x̂ − x)/N, W_dec[latent]⟩.
 
     Entry e is latent latents[e] of row rows[e] (grouped by row), its pre-activation values[e].
+    preact_weights [d_sae] (or None) weighs the pre-activation loss (`preact_loss`), whose
+    gradient is a rank-one term over every row plus a correction on the active entries.
     Returns (loss, mse, l0, active [E] bool)."""
 
     @staticmethod
@@ -105,6 +131,7 @@ class JumpReLULossFunction(torch.autograd.Function):
         values: torch.Tensor,
         l0_coefficient: float,
         bandwidth: float,
+        preact_weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         n = x.shape[0]
         threshold = log_threshold.detach().exp()
@@ -118,16 +145,50 @@ class JumpReLULossFunction(torch.autograd.Function):
         residual = x_hat.add_(b_dec).sub_(x)  # x̂ − x, [N, d_in]
         mse = residual.pow(2).sum() / n
         l0 = active.sum().float() / n
+        loss = mse + l0_coefficient * l0
+        centred_sum = x.sum(0) - n * b_dec  # Σ_n (x_n − b_dec), [d_in]
+        if preact_weights is None:
+            preact_weights = threshold.new_zeros(0)
+        else:
+            loss = loss + preact_loss(
+                preact_weights, centred_sum, W_enc, b_enc, threshold, active_latents, active_values, n
+            )
         ctx.save_for_backward(
-            x, W_enc, W_dec, b_dec, threshold, rows, latents, values, active, near, residual
+            x,
+            W_enc,
+            W_dec,
+            b_dec,
+            threshold,
+            rows,
+            latents,
+            values,
+            active,
+            near,
+            residual,
+            preact_weights,
+            centred_sum,
         )
         ctx.l0_coefficient, ctx.bandwidth, ctx.n = l0_coefficient, bandwidth, n
         ctx.mark_non_differentiable(mse, l0, active)
-        return mse + l0_coefficient * l0, mse, l0, active
+        return loss, mse, l0, active
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
-        x, W_enc, W_dec, b_dec, threshold, rows, latents, values, active, near, residual = ctx.saved_tensors
+        (
+            x,
+            W_enc,
+            W_dec,
+            b_dec,
+            threshold,
+            rows,
+            latents,
+            values,
+            active,
+            near,
+            residual,
+            preact_weights,
+            centred_sum,
+        ) = ctx.saved_tensors
         n, eps = ctx.n, ctx.bandwidth
         scale = float(grad_loss) / n
         grad_x_hat = residual.mul_(2 * scale)  # [N, d_in]; the residual is not needed again
@@ -142,7 +203,12 @@ class JumpReLULossFunction(torch.autograd.Function):
             grad_f[near].mul_(threshold[near_latents]).add_(ctx.l0_coefficient * scale).mul_(-1.0 / eps),
         )
         active_rows, active_latents = rows[active], latents[active]
-        grads = sparse_parameter_grads(
+        grad_pre = grad_f[active]
+        if len(preact_weights):
+            # The pre-activation loss's gradient in pre is −w_i/N below θ_i, 0 above: −w_i/N on
+            # every entry (rank one, added below) plus w_i/N on the active ones.
+            grad_pre = grad_pre + scale * preact_weights[active_latents]
+        grad_W_enc, grad_W_dec, grad_b_enc, grad_b_dec = sparse_parameter_grads(
             x,
             W_enc,
             b_dec,
@@ -150,9 +216,30 @@ class JumpReLULossFunction(torch.autograd.Function):
             active_latents,
             (grad_x_hat, active_rows, values[active]),
             active_rows,
-            grad_f[active],
+            grad_pre,
         )
-        return None, *grads, grad_threshold.mul_(threshold), None, None, None, None, None
+        if len(preact_weights):
+            every = scale * preact_weights  # [d_sae]: −(this) per row on every entry
+            grad_W_enc.addr_(centred_sum, every, alpha=-1.0)
+            grad_b_enc.sub_(n * every)
+            grad_b_dec.add_(W_enc @ (n * every))
+            # d/dθ_i of Σ_n relu(θ_i − pre): the number of rows below θ_i.
+            below = n - torch.bincount(active_latents, minlength=len(threshold)).float()
+            grad_threshold.add_(every * below)
+        return (
+            None,
+            grad_W_enc,
+            grad_W_dec,
+            grad_b_enc,
+            grad_b_dec,
+            grad_threshold.mul_(threshold),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class JumpReLU(Variant):
@@ -173,6 +260,15 @@ class JumpReLU(Variant):
             {"params": [sae.log_threshold], "lr_scale": sae.cfg.jumprelu_threshold_lr_scale},
         ]
 
+    def resample_extra(
+        self, sae: SparseAutoencoder, dead_idx: torch.Tensor, dead: torch.Tensor
+    ) -> list[tuple[torch.Tensor, tuple[Any, ...]]]:
+        """A resampled latent starts at the median threshold of the alive ones."""
+        alive = sae.log_threshold[~dead]
+        if len(alive):
+            sae.log_threshold[dead_idx] = alive.median()
+        return [(sae.log_threshold, (dead_idx,))]
+
     def activate(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
         return JumpReLUFunction.apply(pre, self.threshold(sae), sae.cfg.jumprelu_bandwidth)
 
@@ -181,6 +277,14 @@ class JumpReLU(Variant):
 
     def load_threshold(self, sae: SparseAutoencoder, threshold: torch.Tensor) -> None:
         sae.log_threshold.copy_(threshold.clamp_min(1e-30).log())
+
+    def auxiliary_loss(self, state: TrainState, pre: torch.Tensor) -> torch.Tensor | float:
+        """The pre-activation loss on the dead latents (SAEConfig.jumprelu_preact_coefficient)."""
+        weights = preact_weights(state)
+        if weights is None:
+            return 0.0
+        below = (self.threshold(state.sae) - pre.float()).relu()  # [N, d_sae]
+        return (below @ weights).sum() / pre.shape[0]
 
     def sparsity_loss(
         self, state: TrainState, pre: torch.Tensor, f: torch.Tensor, residual: torch.Tensor
@@ -218,6 +322,16 @@ class JumpReLU(Variant):
             values,
             self.sparsity_weight(state, step),
             cfg.jumprelu_bandwidth,
+            preact_weights(state),
         )
         fired = torch.zeros(cfg.d_sae, device=x.device).index_fill_(0, latents[active], 1.0)
         return LossTerms(loss, mse, l0, fired, active.sum().float())
+
+
+def preact_weights(state: TrainState) -> torch.Tensor | None:
+    """The pre-activation loss's weight per latent, [d_sae]: its coefficient on the dead latents,
+    0 on the others; None when it is off or nothing is dead."""
+    coefficient, dead = state.cfg.jumprelu_preact_coefficient, state.dead_mask
+    if coefficient <= 0 or not bool(dead.any()):
+        return None
+    return dead.float() * coefficient

@@ -141,7 +141,8 @@ class Paper(Variant):
     name = "paper"
     saelens_architecture = "standard"
     sparsity_loss_name = "l1"
-    resamples = True
+    default_resample_fractions = (0.25, 0.5, 0.75)
+    resample_takes_rows = True
 
     def activate(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)

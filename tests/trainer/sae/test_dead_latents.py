@@ -1,0 +1,55 @@
+"""Dead latents at low L0: TopK resamples its own early in the run by default, JumpReLU pulls them
+back with the pre-activation loss (trainer.sae.variants.jumprelu)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from saedata import planted_superposition, sae_cfg
+
+from trainer.config import SAEConfig
+from trainer.sae import train_sae
+from trainer.sae.resample import resample_steps
+
+
+@pytest.fixture(scope="module")
+def planted_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, torch.Tensor]:
+    rows, _, planted_l0 = planted_superposition(60_000)
+    path = tmp_path_factory.mktemp("planted") / "acts.npy"
+    np.save(path, rows[:50_000])
+    return path, planted_l0, torch.from_numpy(rows[50_000:])  # the last 10k held out
+
+
+def held_out_dead_share(cfg: SAEConfig, path: Path, held_out: torch.Tensor, out: Path) -> float:
+    result = train_sae(cfg, path, out, progress=False)
+    with torch.no_grad():
+        f = result.sae.eval()(held_out)[1]
+    return float(((f > 0).sum(0) == 0).float().mean())
+
+
+def test_jumprelu_preact_loss_keeps_latents_alive(tmp_path: Path, planted_file) -> None:
+    """At the planted L0, a third of JumpReLU's latents never fire on held-out rows without the
+    pre-activation loss; with it (the default) under a sixth do."""
+    path, planted_l0, held_out = planted_file
+    common = {"d_in": 64, "d_sae": 512, "batch_size": 1024, "n_tokens": 300_000, "variant": "jumprelu"}
+    cfg = SAEConfig(**common, target_l0=planted_l0)  # type: ignore[arg-type]
+    assert cfg.jumprelu_preact_coefficient > 0
+    off = SAEConfig(**common, target_l0=planted_l0, jumprelu_preact_coefficient=0.0)  # type: ignore[arg-type]
+    with_loss = held_out_dead_share(cfg, path, held_out, tmp_path / "on")
+    without = held_out_dead_share(off, path, held_out, tmp_path / "off")
+    assert with_loss < 0.16 < without, (with_loss, without)
+
+
+def test_topk_resamples_dead_latents_early_by_default(tmp_path: Path, data_file) -> None:
+    path, _ = data_file
+    cfg = sae_cfg(variant="topk", k=1, n_tokens=256 * 40, dead_window_fraction=0.05)
+    assert cfg.resample_fractions is None and max(resample_steps(cfg)) <= cfg.n_steps * 0.6
+    result = train_sae(cfg, path, tmp_path, progress=False)
+    assert [r["step"] for r in result.resamples] == sorted(resample_steps(cfg))
+    revived = [r for r in result.resamples if r["n_dead"] > 0]
+    assert revived  # k = 1 of 192 latents: some die, and are resampled
+    for resample in revived:  # none is dead right after it
+        assert next(row["dead"] for row in result.log if row["step"] == resample["step"]) == 0
