@@ -25,7 +25,9 @@ def block_margins(pre_dead: torch.Tensor, to_beat: torch.Tensor | float, revive_
 
 
 @torch.no_grad()
-def batch_shortfall(blocks: list[torch.Tensor], revive_rows: int, offset: torch.Tensor | float = 0.0) -> torch.Tensor:
+def batch_shortfall(
+    blocks: list[torch.Tensor], revive_rows: int, offset: torch.Tensor | float = 0.0
+) -> torch.Tensor:
     """[n_dead] how far each dead latent's `revive_rows`-th best margin over the global batch (all
     data-parallel ranks') is below zero, from the blocks' `block_margins` minus `offset`; ≥ 0."""
     margins = all_gather_rows(torch.cat(blocks)) - offset

@@ -78,7 +78,8 @@ def test_revive_raises_only_dead_biases_to_their_rows_threshold() -> None:
     pre = torch.randn(64, 40)
     dead_idx = torch.tensor([3, 17, 29])
     to_beat = torch.topk(pre, 4, dim=1).values.amin(1, keepdim=True)  # each row's 4th largest
-    blocks = [block_margins(block, beat, 1) for block, beat in zip(pre[:, dead_idx].split(16), to_beat.split(16))]
+    pairs = zip(pre[:, dead_idx].split(16), to_beat.split(16), strict=True)
+    blocks = [block_margins(block, beat, 1) for block, beat in pairs]
     b_enc = torch.zeros(40)
     raise_dead_biases(b_enc, dead_idx, batch_shortfall(blocks, 1))
     assert torch.equal(b_enc.nonzero().squeeze(1), dead_idx[(pre[:, dead_idx] < to_beat).all(0)])

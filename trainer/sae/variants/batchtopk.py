@@ -169,7 +169,9 @@ Aux = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]  # aux_indices, aux_
 Pool = tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], Aux]
 
 
-def aux_select(pre: torch.Tensor, dead_idx: torch.Tensor, n_aux: int, revive_rows: int) -> tuple[torch.Tensor, ...]:
+def aux_select(
+    pre: torch.Tensor, dead_idx: torch.Tensor, n_aux: int, revive_rows: int
+) -> tuple[torch.Tensor, ...]:
     """AuxK's top aux_k of the dead latents' pre-activations in a block (nothing if n_aux is 0),
     and with `revive_rows` their best pre-activations (trainer.sae.revive)."""
     if n_aux == 0:
@@ -200,7 +202,12 @@ def pool_above(
     def select(pre: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mask = pre >= lower
         rows, latents = mask.nonzero(as_tuple=True)  # row-major, as masked_select reads
-        return (rows, latents, pre.masked_select(mask).float(), *aux_select(pre, dead_idx, n_aux, cfg.revive_rows))
+        return (
+            rows,
+            latents,
+            pre.masked_select(mask).float(),
+            *aux_select(pre, dead_idx, n_aux, cfg.revive_rows),
+        )
 
     blocks = encode_blocks(x, sae.W_enc, sae.b_enc, sae.b_dec, compute_dtype(cfg), select)
     values = torch.cat([b[2] for b in blocks])
