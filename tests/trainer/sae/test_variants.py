@@ -120,6 +120,24 @@ def test_batchtopk_keeps_k_times_n_at_train_and_uses_threshold_at_inference() ->
     assert torch.equal(sae.encode(x), pre * (pre > sae.batchtopk_threshold))
 
 
+def test_batchtopk_revive_lifts_dead_latents_to_the_batch_threshold() -> None:
+    """BatchTopK's sparse step reports, for each dead latent, how far its best pre-activation of the
+    batch is below the batch threshold; a latent already above it (none here) would get 0."""
+    cfg = sae_cfg(d_in=16, d_sae=48, variant="batchtopk", k=4, aux_k=8, dtype="fp32")
+    state = init_train_state(cfg, open_activation_source_from(np.random.default_rng(0).random((256, 16))))
+    state.steps_since_fired[:10] = 10_000  # the first 10 latents count as dead
+    with torch.no_grad():
+        state.sae.b_enc[:10] = -50.0  # and never fire
+    x = torch.randn(64, 16).relu()
+    terms = get_variant("batchtopk").loss_terms(state, x, step=1, count_active=True)
+    assert terms.revive is not None
+    dead_idx, shortfall = terms.revive
+    assert torch.equal(dead_idx, torch.arange(10))
+    pre = state.sae.pre_activations(x).detach()
+    threshold = float(batch_topk_threshold(pre, 4).clamp_min(0))
+    assert torch.allclose(pre[:, :10].amax(0) + shortfall, torch.full((10,), threshold), atol=1e-4)
+
+
 @pytest.mark.parametrize("rows_all_high", [False, True])
 def test_batch_topk_threshold_is_exact(rows_all_high: bool) -> None:
     pre = torch.randn(50, 200)
