@@ -149,6 +149,9 @@ class SAEConfig:
     # "dead" = no firing in this fraction of the run (AuxK's latents; paper's resampling). With
     # 0.05 and aux_k 512 the demo TopK SAE ends 3.8% dead on held-out text, 6.3% with 0.1 and 256.
     dead_window_fraction: float = 0.05
+    # topk / batchtopk: after each step a dead latent's b_enc rises until it would win on this many
+    # rows of the batch (trainer.sae.revive). 0: off.
+    revive_rows: int = 1
     checkpoint_interval: int = 200  # steps
     dtype: ComputeDtype = "bf16"
     seed: int = 0
@@ -170,6 +173,7 @@ class SAEConfig:
             and self.lr_warmup_fraction + self.lr_decay_fraction <= 1,
             "sae.lr_warmup_fraction and sae.lr_decay_fraction must be >= 0 and sum to at most 1",
         )
+        _check(self.revive_rows >= 0, "sae.revive_rows must be >= 0")
         _check(self.init_norm is None or self.init_norm > 0, "sae.init_norm must be positive")
         if self.target_l0 is not None:
             _check(

@@ -29,6 +29,7 @@ from trainer.distributed import all_reduce_sum_, is_main_process, rank_rows, wor
 from trainer.guard import check_finite
 from trainer.sae.autoencoder import SparseAutoencoder
 from trainer.sae.resample import maybe_resample
+from trainer.sae.revive import raise_dead_biases
 from trainer.sae.source import ActivationSource, open_activation_source
 from trainer.sae.state import StepStats, TrainState, init_train_state
 from trainer.sae.variants.base import peak_lr
@@ -117,6 +118,8 @@ def train_step(state: TrainState, x: torch.Tensor, compute_l0: bool = True) -> S
     state.optimizer.step()
     if sae.variant.unit_norm_decoder:
         sae.normalize_decoder()
+    if terms.revive is not None:
+        raise_dead_biases(sae.b_enc, *terms.revive)
     with torch.no_grad():
         fired = stats[4:] > 0
         state.steps_since_fired = torch.where(fired, 0, state.steps_since_fired + 1)

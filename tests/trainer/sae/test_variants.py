@@ -80,8 +80,8 @@ def test_sparse_topk_loss_matches_autograd(n_dead: int) -> None:
     state.steps_since_fired[:n_dead] = 10_000  # the first n_dead latents count as dead
     x = torch.randn(64, 16).relu()
     dead_idx = state.dead_mask.nonzero().squeeze(1)
-    loss, mse, auxk, indices, values = TopKLossFunction.apply(
-        x, sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, 4, dead_idx, 8, 0.5, torch.float32
+    loss, mse, auxk, indices, values, shortfall = TopKLossFunction.apply(
+        x, sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, 4, dead_idx, 8, 0.5, torch.float32, 1
     )
     (2 * loss).backward()
     fast = {name: p.grad.clone() for name, p in sae.named_parameters()}
@@ -89,6 +89,12 @@ def test_sparse_topk_loss_matches_autograd(n_dead: int) -> None:
     ref_loss, ref_mse, ref_auxk, f = get_variant("topk").reference_loss(state, x, step=1)
     (2 * ref_loss).backward()
     assert (float(auxk) > 0) == (n_dead > 0)
+    assert shortfall.shape == (n_dead,)  # revive's: how far each dead latent is from firing
+    if n_dead:  # a dead latent raised by its shortfall reaches its best row's 4th largest
+        pre = sae.pre_activations(x).detach()
+        kth = torch.topk(pre, 4, dim=1).values[:, -1]
+        best = (pre[:, dead_idx] + shortfall - kth[:, None]).amax(0)
+        assert bool((best >= -1e-5).all()) and bool((shortfall >= 0).all())
     for ours, ref in ((loss, ref_loss), (mse, ref_mse), (auxk, ref_auxk)):
         assert float(ours.detach()) == pytest.approx(float(ref.detach()), rel=1e-5, abs=1e-7)
     dense = torch.zeros_like(f).scatter_(1, indices, values)
@@ -112,6 +118,24 @@ def test_batchtopk_keeps_k_times_n_at_train_and_uses_threshold_at_inference() ->
     sae.eval()
     pre = sae.pre_activations(x)
     assert torch.equal(sae.encode(x), pre * (pre > sae.batchtopk_threshold))
+
+
+def test_batchtopk_revive_lifts_dead_latents_to_the_batch_threshold() -> None:
+    """BatchTopK's sparse step reports, for each dead latent, how far its best pre-activation of the
+    batch is below the batch threshold; a latent already above it (none here) would get 0."""
+    cfg = sae_cfg(d_in=16, d_sae=48, variant="batchtopk", k=4, aux_k=8, dtype="fp32")
+    state = init_train_state(cfg, open_activation_source_from(np.random.default_rng(0).random((256, 16))))
+    state.steps_since_fired[:10] = 10_000  # the first 10 latents count as dead
+    with torch.no_grad():
+        state.sae.b_enc[:10] = -50.0  # and never fire
+    x = torch.randn(64, 16).relu()
+    terms = get_variant("batchtopk").loss_terms(state, x, step=1, count_active=True)
+    assert terms.revive is not None
+    dead_idx, shortfall = terms.revive
+    assert torch.equal(dead_idx, torch.arange(10))
+    pre = state.sae.pre_activations(x).detach()
+    threshold = float(batch_topk_threshold(pre, 4).clamp_min(0))
+    assert torch.allclose(pre[:, :10].amax(0) + shortfall, torch.full((10,), threshold), atol=1e-4)
 
 
 @pytest.mark.parametrize("rows_all_high", [False, True])

@@ -35,6 +35,8 @@ class LossTerms:
     sparsity: torch.Tensor
     fired: torch.Tensor  # [d_sae] float: 1 where the latent fired on this process's rows
     active: torch.Tensor | None  # number of (row, latent) activations, when counted
+    # (dead_idx, shortfall): b_enc raises that revive dead latents after the step (trainer.sae.revive)
+    revive: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_codes(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from trainer.distributed import all_gather_rows, world_size
+from trainer.sae.revive import batch_shortfall, block_margins
 from trainer.sae.source import peek_rows
 from trainer.sae.sparse_ops import ENCODER_BLOCK_ROWS, SparseCodeLossFunction, auxk_loss, encode_blocks
 from trainer.sae.variants.base import LossTerms, Variant, compute_dtype
@@ -87,7 +88,9 @@ class BatchTopK(Variant):
     # 0.72 at 1e-3, 0.89 at 2e-3; tests/trainer/sae/test_recovery.py needs 0.9).
     # No resampling (TopK's schedule, SAEConfig.resample_fractions, is there to try): on the demo's
     # 1M rows it cut the dead at k = 8 from 31% to 19% but raised the FVU at k = 8 and 16 (0.120 ->
-    # 0.126 at k = 16, with more dead: 2.3% against 0.9%).
+    # 0.126 at k = 16, with more dead: 2.3% against 0.9%). Raising the dead latents' b_enc instead
+    # (trainer.sae.revive, SAEConfig.revive_rows): k = 8 31% -> 2.2% dead, FVU 0.170 -> 0.172, and
+    # 605 -> 113 CPU s, AuxK having ~150 dead latents to score instead of ~1,500.
 
     def activate(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
         """The batch's top k·N at train time (`sae.training`), the tracked threshold at inference."""
@@ -135,8 +138,9 @@ class BatchTopK(Variant):
             pooled = pool_of_candidates(state, x, dead_idx, n_aux)
             if pooled is None:  # a saturated row under data parallelism: rare
                 return super().loss_terms(state, x, step, count_active)
-        (rows, latents, values, threshold), (aux_indices, aux_values) = pooled
+        (rows, latents, values, threshold), (aux_indices, aux_values, best) = pooled
         threshold = threshold.clamp_min(0)
+        revive = (dead_idx, batch_shortfall(best, cfg.revive_rows, threshold)) if best else None
         track_threshold(sae, threshold)
         setattr(sae, LAST_THRESHOLD, float(threshold))
         keep = values >= threshold
@@ -156,31 +160,39 @@ class BatchTopK(Variant):
         )
         active = values > 0
         fired = torch.zeros(cfg.d_sae, device=x.device).index_fill_(0, latents[active], 1.0)
-        return LossTerms(loss, mse, auxk, fired, active.sum().float())
+        return LossTerms(loss, mse, auxk, fired, active.sum().float(), revive)
 
 
 POOL_MARGIN = 0.8  # the pool of `pool_above` starts at this fraction of the last batch's threshold
 LAST_THRESHOLD = "last_batch_threshold"  # the SAE's attribute holding it (not saved: a hint only)
 
 Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, latents, values, grouped by row
-Pool = tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Aux = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]  # aux_indices, aux_values, revive's blocks
+Pool = tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], Aux]
 
 
-def aux_select(pre: torch.Tensor, dead_idx: torch.Tensor, n_aux: int) -> tuple[torch.Tensor, ...]:
-    """AuxK's top aux_k of the dead latents' pre-activations in a block (nothing if n_aux is 0)."""
+def aux_select(
+    pre: torch.Tensor, dead_idx: torch.Tensor, n_aux: int, revive_rows: int
+) -> tuple[torch.Tensor, ...]:
+    """AuxK's top aux_k of the dead latents' pre-activations in a block (nothing if n_aux is 0),
+    and with `revive_rows` their best pre-activations (trainer.sae.revive)."""
     if n_aux == 0:
         return ()
-    return tuple(torch.topk(pre.index_select(1, dead_idx), n_aux, dim=-1, sorted=False))
+    pre_dead = pre.index_select(1, dead_idx)  # [rows, n_dead]
+    selected = tuple(torch.topk(pre_dead, n_aux, dim=-1, sorted=False))
+    return selected + ((block_margins(pre_dead, 0.0, revive_rows),) if revive_rows > 0 else ())
 
 
 def aux_entries(
     blocks: list[tuple[torch.Tensor, ...]], n_rows: int, dead_idx: torch.Tensor, n_aux: int, start: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(aux_indices, aux_values) [N, n_aux] from the blocks' `aux_select` at position `start`."""
+) -> Aux:
+    """(aux_indices, aux_values) [N, n_aux] from the blocks' `aux_select` at position `start`, and
+    the blocks' best pre-activations of the dead latents (empty without revive)."""
     if n_aux == 0:
-        return dead_idx.new_zeros((n_rows, 0)), torch.zeros((n_rows, 0))
+        return dead_idx.new_zeros((n_rows, 0)), torch.zeros((n_rows, 0)), []
     values = torch.cat([b[start] for b in blocks]).float()  # no ReLU: see auxk_loss
-    return dead_idx[torch.cat([b[start + 1] for b in blocks])], values
+    best = [b[start + 2] for b in blocks if len(b) > start + 2]
+    return dead_idx[torch.cat([b[start + 1] for b in blocks])], values, best
 
 
 def pool_above(
@@ -192,7 +204,12 @@ def pool_above(
     def select(pre: torch.Tensor) -> tuple[torch.Tensor, ...]:
         mask = pre >= lower
         rows, latents = mask.nonzero(as_tuple=True)  # row-major, as masked_select reads
-        return (rows, latents, pre.masked_select(mask).float(), *aux_select(pre, dead_idx, n_aux))
+        return (
+            rows,
+            latents,
+            pre.masked_select(mask).float(),
+            *aux_select(pre, dead_idx, n_aux, cfg.revive_rows),
+        )
 
     blocks = encode_blocks(x, sae.W_enc, sae.b_enc, sae.b_dec, compute_dtype(cfg), select)
     values = torch.cat([b[2] for b in blocks])
@@ -213,7 +230,7 @@ def pool_of_candidates(state: TrainState, x: torch.Tensor, dead_idx: torch.Tenso
     m, dtype = min(cfg.d_sae, candidates_per_row(cfg.k)), compute_dtype(cfg)
 
     def select(pre: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (*torch.topk(pre, m, dim=-1, sorted=False), *aux_select(pre, dead_idx, n_aux))
+        return (*torch.topk(pre, m, dim=-1, sorted=False), *aux_select(pre, dead_idx, n_aux, cfg.revive_rows))
 
     blocks = encode_blocks(x, sae.W_enc, sae.b_enc, sae.b_dec, dtype, select)
     candidates = torch.cat([b[0] for b in blocks]).float()  # [N, m]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from trainer.sae.revive import batch_shortfall, block_margins
 from trainer.sae.sparse_ops import auxk_loss, batch_variance, fixed_width_grads, sparse_parameter_grads
 from trainer.sae.variants.base import LossTerms, Variant, compute_dtype
 
@@ -41,7 +42,9 @@ class TopKLossFunction(torch.autograd.Function):
     gradients of the k values come from per-row dot products, and both weight gradients are
     embedding_bags over the (row, latent) pairs sorted by latent: O(N·k·d_in), not O(N·d_sae·d_in).
     Inputs are the fp32 master weights; the encoder matmul runs in `dtype`.
-    Returns (loss, mse, auxk, indices [N, k], values [N, k])."""
+    With `revive_rows`, also how far each dead latent fell short of winning on that many rows
+    (trainer.sae.revive). Returns (loss, mse, auxk, indices [N, k], values [N, k], shortfall
+    [n_dead] or [0])."""
 
     @staticmethod
     def forward(
@@ -56,6 +59,7 @@ class TopKLossFunction(torch.autograd.Function):
         aux_k: int,
         aux_coefficient: float,
         dtype: torch.dtype,
+        revive_rows: int = 0,
     ) -> tuple[torch.Tensor, ...]:
         n = x.shape[0]
         bias = (b_enc - b_dec @ W_enc).to(dtype)  # (x − b_dec) W_enc + b_enc = x W_enc + bias
@@ -67,7 +71,10 @@ class TopKLossFunction(torch.autograd.Function):
             pre = torch.addmm(bias, x_block, W_enc_low)  # [rows, d_sae]
             block = tuple(torch.topk(pre, k, dim=-1, sorted=False))
             if n_aux > 0:  # AuxK: the top aux_k of the dead latents
-                block += tuple(torch.topk(pre.index_select(1, dead_idx), n_aux, dim=-1, sorted=False))
+                pre_dead = pre.index_select(1, dead_idx)  # [rows, n_dead]
+                block += tuple(torch.topk(pre_dead, n_aux, dim=-1, sorted=False))
+                if revive_rows > 0:  # trainer.sae.revive: how far each is from its rows' k-th
+                    block += (block_margins(pre_dead, block[0].amin(1, keepdim=True), revive_rows),)
             blocks.append(block)
         values = torch.cat([b[0] for b in blocks]).float().relu_()
         indices = torch.cat([b[1] for b in blocks])
@@ -77,6 +84,9 @@ class TopKLossFunction(torch.autograd.Function):
         aux_indices = indices.new_zeros((n, 0))
         aux_values = values.new_zeros((n, 0))
         aux_error, variance, auxk = residual.new_zeros((n, 0)), 1.0, residual.new_zeros(())
+        shortfall = residual.new_zeros((0,))
+        if n_aux > 0 and revive_rows > 0:
+            shortfall = batch_shortfall([b[4] for b in blocks], revive_rows)
         if n_aux > 0:
             # The dead latents reconstruct the main error x − x̂ (a constant here).
             aux_values = torch.cat([b[2] for b in blocks]).float()  # no ReLU: see auxk_loss
@@ -89,8 +99,8 @@ class TopKLossFunction(torch.autograd.Function):
             x, W_enc, W_dec, b_dec, indices, values, residual, aux_indices, aux_values, aux_error
         )
         ctx.aux_scale, ctx.n = aux_coefficient / variance, n
-        ctx.mark_non_differentiable(mse, auxk, indices, values)
-        return mse + aux_coefficient * auxk, mse, auxk, indices, values
+        ctx.mark_non_differentiable(mse, auxk, indices, values, shortfall)
+        return mse + aux_coefficient * auxk, mse, auxk, indices, values, shortfall
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
@@ -133,7 +143,7 @@ class TopKLossFunction(torch.autograd.Function):
             all_rows,
             torch.cat(grad_pre),
         )
-        return None, grad_W_enc, grad_W_dec, grad_b_enc, grad_b_dec, None, None, None, None, None
+        return None, grad_W_enc, grad_W_dec, grad_b_enc, grad_b_dec, None, None, None, None, None, None
 
 
 class TopK(Variant):
@@ -168,7 +178,7 @@ class TopK(Variant):
         """Through `TopKLossFunction`; the active latents are always counted (they are at hand)."""
         cfg, sae = state.cfg, state.sae
         dead_idx = state.dead_mask.nonzero().squeeze(1)
-        loss, mse, sparsity, indices, values = TopKLossFunction.apply(
+        loss, mse, sparsity, indices, values, shortfall = TopKLossFunction.apply(
             x,
             sae.W_enc,
             sae.W_dec,
@@ -179,7 +189,9 @@ class TopK(Variant):
             cfg.aux_k,
             cfg.aux_coefficient,
             compute_dtype(cfg),
+            cfg.revive_rows,
         )
         active = values > 0
         fired = torch.zeros(cfg.d_sae, device=x.device).index_fill_(0, indices[active], 1.0)
-        return LossTerms(loss, mse, sparsity, fired, active.sum().float())
+        revive = (dead_idx, shortfall) if len(shortfall) else None
+        return LossTerms(loss, mse, sparsity, fired, active.sum().float(), revive)
