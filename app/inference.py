@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sqlalchemy import select
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
     from tokenizers import Tokenizer
 
     from trainer.hooks import HookedLM
     from trainer.schema import Run
 
 TOP_PER_TOKEN = 5
+KEPT_MODELS = 4  # runs whose models a live process keeps loaded (`_load_artifacts`'s cache)
 
 
 class ArtifactsUnavailable(RuntimeError):
@@ -149,7 +152,7 @@ def load_artifacts(source: ModelSource) -> Artifacts:
     return _load_artifacts(source)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=KEPT_MODELS)
 def _load_artifacts(source: ModelSource) -> Artifacts:
     try:
         return _load_transformers(source) if source.model_path else _load_own(source)
@@ -157,6 +160,36 @@ def _load_artifacts(source: ModelSource) -> Artifacts:
         raise
     except (OSError, ValueError, ImportError, RuntimeError, KeyError) as exc:
         raise ArtifactsUnavailable(f"The run's saved model could not be loaded: {exc}") from exc
+
+
+def preload_sources(session: Session) -> list[ModelSource]:
+    """The models a live process loads when it starts: those of the newest complete runs (as many
+    as it keeps), when they are on this machine (a hub id could download: it waits for a request)."""
+    from trainer.schema import Run
+
+    newest = session.scalars(select(Run).where(Run.status == "complete").order_by(Run.id.desc()))
+    sources: list[ModelSource] = []
+    for record in newest:
+        source = model_source(record)
+        local = Path(source.model_path).is_dir() if source.model_path else source.artifacts_path is not None
+        if local and source not in sources:
+            sources.append(source)
+        if len(sources) == KEPT_MODELS:
+            break
+    return sources
+
+
+def preload(sources: list[ModelSource]) -> int:
+    """Load the models of `sources` into this process's cache (a live process's first job);
+    how many loaded. One that cannot be loaded is skipped: its requests will say why."""
+    loaded = 0
+    for source in sources:
+        try:
+            load_artifacts(source)
+        except (ArtifactsUnavailable, ModelMissing):
+            continue
+        loaded += 1
+    return loaded
 
 
 def feature_activations(artifacts: Artifacts, text: str) -> Activations:

@@ -1,7 +1,8 @@
 """Bounded model work for the live endpoints (inference, steering), in child processes.
 
-Each worker process hands its model work to `processes` child processes of its own, started on
-first use (spawned: no thread or lock of the server is copied into them). A child runs one job at
+Each worker process hands its model work to `processes` child processes of its own (spawned: no
+thread or lock of the server is copied into them), started when the worker starts (`prestart`,
+which can also load the runs' models in them) or else on first use. A child runs one job at
 a time, at a lower CPU priority (`os.nice(nice)`) on `torch_threads` torch threads, and loads and
 keeps the runs' models itself (`app.inference.load_artifacts` is cached in the child). So a model
 never holds the GIL of the event loop that answers the stored pages, and when pages and models
@@ -128,6 +129,8 @@ class LiveProcess:
         self.retry_after = retry_after
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
+        self.ready = False  # started and answered READY (read by /-/health without asking the child)
+        self.closed = False  # set by LiveExecutor.shutdown: no new child is started after it
 
     @property
     def pid(self) -> int | None:
@@ -135,7 +138,19 @@ class LiveProcess:
         process = self._process
         return process.pid if process is not None and process.is_alive() else None
 
+    @property
+    def running(self) -> bool:
+        """Whether the child runs now, asked without reaping it (a look at its sentinel), so any
+        thread may ask while the child's own thread waits for it."""
+        process = self._process
+        try:
+            return process is not None and not wait([process.sentinel], 0)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+
     def _start(self) -> tuple[BaseProcess, Connection]:
+        if self.closed:
+            raise LiveFailed("The server is shutting down.", self.retry_after)
         context = multiprocessing.get_context("spawn")
         parent_end, child_end = context.Pipe()
         process = context.Process(
@@ -152,19 +167,26 @@ class LiveProcess:
             ready = answered and parent_end.recv_bytes() == READY
         except (EOFError, OSError):
             ready = False
-        if not ready:
+        if not ready or self.closed:  # closed: shut down while it started
             self.stop()
-            log.warning("the live model process %s did not start", self.name)
+            if not self.closed:
+                log.warning("the live model process %s did not start", self.name)
             raise LiveFailed("The live model process could not start; try again.", self.retry_after)
+        self.ready = True
         return process, parent_end
 
-    def call(self, function: Callable[..., T], args: tuple[object, ...]) -> T:
-        """`function(*args)` in the child; its exception re-raised here; LiveFailed if the child
-        dies or runs past the timeout (it is stopped; the next call starts a new one)."""
+    def ensure_started(self) -> tuple[BaseProcess, Connection]:
+        """The running child and its pipe, started first if there is none (or it died)."""
         process, conn = self._process, self._conn
         if process is None or conn is None or not process.is_alive():
             self.stop()
             process, conn = self._start()
+        return process, conn
+
+    def call(self, function: Callable[..., T], args: tuple[object, ...]) -> T:
+        """`function(*args)` in the child; its exception re-raised here; LiveFailed if the child
+        dies or runs past the timeout (it is stopped; the next call starts a new one)."""
+        process, conn = self.ensure_started()
         job = pickle.dumps((function, args))  # an argument that cannot be pickled fails here, a bug
         try:
             conn.send_bytes(job)
@@ -206,6 +228,7 @@ class LiveProcess:
         """End the child (closing its pipe ends it; killed if it does not end at once)."""
         process, conn = self._process, self._conn
         self._process = self._conn = None
+        self.ready = False
         if conn is not None:
             conn.close()
         if process is not None:
@@ -245,12 +268,45 @@ class LiveExecutor:
         # One thread per child, each waiting on its child's answer (no GIL held meanwhile).
         self._pool = ThreadPoolExecutor(max_workers=processes, thread_name_prefix="live")
         self._jobs = 0
+        self._running = 0
         self._lock = threading.Lock()
 
     @property
     def jobs(self) -> int:
         """Jobs admitted and not yet finished (running or waiting for a process)."""
         return self._jobs
+
+    def status(self) -> LivePool:
+        """The pool as this worker sees it, from its own counters (no round trip to a child)."""
+        running = [child for child in self.children if child.running]
+        return LivePool(
+            processes=len(self.children),
+            alive=len(running),
+            ready=sum(child.ready for child in running),
+            jobs_admitted=self._jobs,
+            jobs_running=self._running,
+            max_jobs=self.max_jobs,
+        )
+
+    def prestart(self, warm: Callable[..., object] | None = None, *args: object) -> None:
+        """Start every child now, in the background, and run `warm(*args)` in each (say, load
+        the runs' models), so the first requests do not pay for it; a request arriving meanwhile
+        waits for its child as it would on a first use. A failure is logged, not raised."""
+        for _ in self.children:
+            self._pool.submit(self._warm, warm, args)
+
+    def _warm(self, warm: Callable[..., object] | None, args: tuple[object, ...]) -> None:
+        child = self._idle.get()
+        try:
+            if warm is None:
+                child.ensure_started()
+            else:
+                child.call(warm, args)
+        except Exception as exc:
+            if not child.closed:
+                log.warning("pre-starting the live model process %s failed: %s", child.name, exc)
+        finally:
+            self._idle.put(child)
 
     def refuse_if_full(self) -> None:
         """LiveBusy if every slot is taken now: a request that `run` would refuse skips its
@@ -264,9 +320,13 @@ class LiveExecutor:
 
     def _call(self, function: Callable[..., T], args: tuple[object, ...]) -> T:
         child = self._idle.get()  # one thread per child: one is always idle here
+        with self._lock:
+            self._running += 1
         try:
             return child.call(function, args)
         finally:
+            with self._lock:
+                self._running -= 1
             self._idle.put(child)
 
     async def run(self, function: Callable[..., T], *args: object) -> T:
@@ -286,6 +346,8 @@ class LiveExecutor:
     def shutdown(self) -> None:
         """Stop every child: the idle ones now, the busy ones by a kill (their threads then
         fail their jobs with LiveFailed and stop them)."""
+        for child in self.children:
+            child.closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         idle = set()
         while True:
@@ -298,6 +360,18 @@ class LiveExecutor:
                 child.stop()
             else:
                 child.kill()
+
+
+@dataclass(frozen=True)
+class LivePool:
+    """A worker's live model processes and jobs now (shown by /-/health)."""
+
+    processes: int  # child processes this worker runs model work in
+    alive: int  # of them running now (a dead one is replaced by the next job)
+    ready: int  # of them started and ready for a job
+    jobs_admitted: int  # running or waiting for a child
+    jobs_running: int  # in a child now
+    max_jobs: int  # admitted at once; one more is answered 503 with Retry-After
 
 
 Answer = TypeVar("Answer")

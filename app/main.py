@@ -20,6 +20,7 @@ from app import queries
 from app.cache import ResponseCacheMiddleware, app_version
 from app.errors import install_error_handlers
 from app.head import HeadMiddleware
+from app.inference import preload, preload_sources
 from app.live import LiveExecutor
 from app.routes import families, features, findings, health, inference, interpretability, runs, search, steer
 from app.security import SecurityHeadersMiddleware
@@ -79,6 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             nice=settings.live_nice,
             timeout=settings.live_timeout,
         )
+        if settings.live_prestart and app.state.schema_version is not None:
+            with Session(engine) as session:
+                app.state.live.prestart(preload, preload_sources(session))
         yield
         app.state.live.shutdown()
         engine.dispose()

@@ -321,9 +321,23 @@ class SteerResult(BaseModel):
     pinned: SteeredContinuation | None
 
 
+class LivePoolOut(BaseModel):
+    """This worker's live model processes and jobs (each worker has its own)."""
+
+    processes: int = Field(description="Child processes this worker runs model work in.")
+    alive: int = Field(description="Of them, running now.")
+    ready: int = Field(description="Of them, started and ready for a job.")
+    jobs_admitted: int = Field(description="Live requests admitted: running or waiting for a process.")
+    jobs_running: int = Field(description="Live requests whose model runs now.")
+    max_jobs: int = Field(description="Admitted at once; one more is answered 503 with Retry-After.")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     schema_version: int | None
+    live: LivePoolOut | None = Field(
+        description="This worker's live model processes (None before it started)."
+    )
 
 
 # ----------------------------------------------------------------------------- findings

@@ -43,3 +43,6 @@ class Settings(BaseSettings):
     live_torch_threads: int = Field(default=1, ge=0, le=256)
     live_nice: int = Field(default=10, ge=0, le=19)
     live_timeout: float = Field(default=60.0, gt=0, le=3600)
+    # Start the live processes when a worker starts and load the models of the newest complete
+    # runs in them (those on this machine), so the first steer pays for neither; off: on first use.
+    live_prestart: bool = True

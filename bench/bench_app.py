@@ -29,16 +29,18 @@ depend on the machine and its other load (wrk itself shares the CPUs with the se
 Targets, at 32 concurrent clients: feature page p99 < 50 ms, feature JSON < 50 ms, search < 100 ms.
 Exits 1 if any request failed.
 
-Stress modes (a Python load generator, bench/app_burst.py; no wrk needed):
+Stress modes (bench/app_burst.py; pages and /-/health loaded by wrk when installed, else by a
+Python load generator, which prints its p99s but mostly measures its own queue):
 
     python bench/bench_app.py --live-burst 50      # 50 clients steering while pages load
     python bench/bench_app.py --while-writing      # `prerender --force` on the served database
 
 --live-burst N: the synthetic database's 'sae' run gets a randomly initialised demo-shaped model
-and SAE, its pages are pre-rendered, a few steers load the model in every worker, then 16 clients
-load its stored feature pages and one samples /-/health for --seconds (BASELINE), and again while
-N clients (in a process of their own) send steers back to back (BURST). Targets in the burst: feature page p99 < 50 ms and /-/health p99 < 20 ms, with no
-errors but the 503s of refused steers.
+and SAE, its pages are pre-rendered, a few steers load the model in every worker, then
+--page-clients wrk connections load random ones of 512 of its stored feature pages and a prober
+asks /-/health ~80 times a second for --seconds (BASELINE), and again while N Python clients (in
+a process of their own) send steers back to back (BURST). Targets in the burst: feature page
+p99 < 50 ms and /-/health p99 < 20 ms, with no errors but the 503s of refused steers.
 --while-writing: the same page load while `monosemantic prerender --force` re-renders that run's
 pages into the served database (WRITING), after the BASELINE.
 """
@@ -512,7 +514,19 @@ def parse_args() -> argparse.Namespace:
         "--while-writing", action="store_true", help="feature pages while `prerender --force` writes"
     )
     parser.add_argument("--seconds", type=float, default=20, help="seconds per stress-mode phase")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="stress modes: BASELINE and stressed phases this many times, alternating (medians printed)",
+    )
     parser.add_argument("--page-clients", type=int, default=16, help="stress modes: page-loading clients")
+    parser.add_argument(
+        "--page-load",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="stress modes: what loads pages and /-/health (auto: wrk if installed, else python)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
@@ -539,14 +553,49 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 BURST_TARGETS_MS = {"feature page": 50.0, "health": 20.0}
 
 
+def cpu_seconds_busy(since: float = 0.0) -> float:
+    """CPU seconds the whole machine spent busy (every process, /proc/stat), minus `since`."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system = (int(v) for v in fields[:3])
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK") - since
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def stress_main(args: argparse.Namespace) -> None:
     """--live-burst / --while-writing: BASELINE, then the stressed phase(s); see the docstring."""
     import asyncio
 
     import app_burst
 
+    use_wrk = args.page_load == "wrk" or (args.page_load == "auto" and shutil.which("wrk") is not None)
+    if use_wrk and shutil.which("wrk") is None:
+        raise SystemExit(
+            "wrk not found: install Debian's wrk (apt-get install wrk) or use --page-load python"
+        )
+    generator = (
+        f"wrk (pages: -t 1 -c {args.page_clients}; health: {app_burst.HEALTH_CONNECTIONS} connections, "
+        "a new one per request, "
+        f"{app_burst.HEALTH_DELAY_MS} ms apart)"
+        if use_wrk
+        else f"the Python generator ({args.page_clients} page clients; health every "
+        f"{app_burst.HEALTH_INTERVAL * 1000:.0f} ms; wrk not used)"
+    )
+    print(f"page load: {generator}")
     with tempfile.TemporaryDirectory(prefix="bench-app-") as tmp_dir:
         tmp = Path(tmp_dir)
+        workdir = tmp if use_wrk else None
         started = time.perf_counter()
         db_url = build_demo_db(tmp / "bench.db", n_features=args.features, seed=args.seed)
         slug = "bench-paper-4096"
@@ -560,44 +609,43 @@ def stress_main(args: argparse.Namespace) -> None:
             f"/runs/{slug}/features/{i}" for i in rng.sample(range(args.features), min(512, args.features))
         ]
         load_before = os.getloadavg()
+        cpu_before, wall_before = cpu_seconds_busy(), time.perf_counter()
         proc, base = start_server(db_url, args.workers, False, tmp / "uvicorn.log")
         try:
             if args.live_burst:
                 app_burst.warm_up(base, slug)
-            phases = [
-                asyncio.run(app_burst.run_phase("BASELINE", base, paths, args.page_clients, args.seconds))
-            ]
-            if args.live_burst:
-                live = (slug, args.features, args.live_burst)
-                burst = f"BURST ({args.live_burst} steering)"
-                phases.append(
-                    asyncio.run(
-                        app_burst.run_phase(burst, base, paths, args.page_clients, args.seconds, live)
+            phases: list[app_burst.Phase] = []
+            writer = [sys.executable, "-m", "trainer.cli", "prerender", "--db", db_url, "--run", slug]
+
+            def phase(name: str, seconds: float, **stress: object) -> app_burst.Phase:
+                return asyncio.run(
+                    app_burst.run_phase(
+                        name, base, paths, args.page_clients, seconds, workdir=workdir, **stress
                     )
                 )
-            if args.while_writing:
-                writer = [sys.executable, "-m", "trainer.cli", "prerender", "--db", db_url, "--run", slug]
-                phases.append(
-                    asyncio.run(
-                        app_burst.run_phase(
-                            "WRITING (prerender)",
-                            base,
-                            paths,
-                            args.page_clients,
-                            0,
-                            writer=[*writer, "--force"],
-                        )
+
+            for round_ in range(args.rounds):
+                suffix = f" #{round_ + 1}" if args.rounds > 1 else ""
+                phases.append(phase("BASELINE" + suffix, args.seconds))
+                if args.live_burst:
+                    live = (slug, args.features, args.live_burst)
+                    phases.append(
+                        phase(f"BURST ({args.live_burst} steering){suffix}", args.seconds, live=live)
                     )
-                )
+                if args.while_writing:
+                    phases.append(phase("WRITING (prerender)" + suffix, 0, writer=[*writer, "--force"]))
         finally:
             stop_server(proc)
         server_log = log_tail(tmp / "uvicorn.log")
     load_after = os.getloadavg()
     print(
-        f"\n{args.workers} uvicorn worker(s), {args.page_clients} page clients, {os.cpu_count()} CPUs, "
+        f"\npage load: {generator}\n{args.workers} uvicorn worker(s), {os.cpu_count()} CPUs "
+        f"({cpu_model()}), "
         f"load average (1/5 min) {load_before[0]:.1f}/{load_before[1]:.1f} before, "
         f"{load_after[0]:.1f}/{load_after[1]:.1f} after; phases: "
         + ", ".join(f"{p.name} {p.seconds:.0f} s" for p in phases)
+        + f"; CPU seconds of this machine over the run: {cpu_seconds_busy(cpu_before):.0f} of "
+        f"{(time.perf_counter() - wall_before) * (os.cpu_count() or 1):.0f}"
     )
     if not app_burst.report(phases, BURST_TARGETS_MS):
         print(f"\ntargets missed or requests failed; the end of uvicorn's output:\n{server_log}")

@@ -216,8 +216,37 @@ def pending_run(engine: Engine, slug: str, **fields: Any) -> Iterator[int]:
 def _mark_failed_if_possible(engine: Engine, run_id: int, error: str) -> None:
     try:
         mark_failed(engine, run_id, error)
+    except SQLAlchemyError as exc:
+        if disk_full(exc):  # the original error matters more than the bookkeeping one
+            _mark_failed_on_full_disk(engine, run_id)
+
+
+def _mark_failed_on_full_disk(engine: Engine, run_id: int) -> None:
+    """mark_failed when the disk is too full for it in one go (PostgreSQL writes the new status
+    as a new row version, with the error's text, which can need a new page), as far as it goes:
+    the partial rows dropped in a transaction of their own, then a short error; if that finds no
+    room either, the dropped rows' pages given back (VACUUM cuts empty pages off the tables' ends)
+    and one more try. If all fail the attempt stays 'running': never listed, and replaced by the
+    next analysis of the run once this process has exited."""
+    try:
+        with engine.begin() as conn:
+            for table in CHILD_TABLES:
+                conn.execute(delete(table).where(table.run_id == run_id))  # type: ignore[attr-defined]
+        try:
+            mark_failed(engine, run_id, "the disk was full")
+            return
+        except SQLAlchemyError as exc:
+            if not disk_full(exc):
+                return
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                for table in CHILD_TABLES:
+                    conn.exec_driver_sql(f"VACUUM {table.__tablename__}")
+        else:
+            reclaim_free_space(engine)
+        mark_failed(engine, run_id, "the disk was full")
     except SQLAlchemyError:
-        pass  # the original error matters more than the bookkeeping one
+        pass
 
 
 def complete_runs(engine: Engine) -> list[tuple[int, str]]:

@@ -4,6 +4,7 @@ real servers."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,10 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+
+# The apps and servers of the tests start their live processes on first use: most never run a
+# model, and a pre-start would spend a torch import on each (test_live_pool.py tests it).
+os.environ.setdefault("MONOSEMANTIC_LIVE_PRESTART", "0")
 
 
 @pytest.fixture(scope="session")

@@ -19,3 +19,10 @@ def hold(flags: str) -> int:
 
 def fail(message: str) -> None:
     raise ValueError(message)
+
+
+def kept_models() -> int:
+    """How many runs' models this (live) process has loaded and keeps."""
+    from app import inference
+
+    return inference._load_artifacts.cache_info().currsize

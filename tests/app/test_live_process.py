@@ -91,7 +91,11 @@ def blocking_client(fixture_db: FixtureDB, writable_db: str, tmp_path: Path) -> 
         session.execute(update(Run).where(Run.slug == SAE_RUN).values(artifacts_path=str(artifacts)))
         session.commit()
     engine.dispose()
-    return TestClient(create_app(Settings(database_url=writable_db, live_timeout=120))), config
+    return (
+        # no pre-start: it would load the model, so block on the FIFO, before the test's request
+        TestClient(create_app(Settings(database_url=writable_db, live_timeout=120, live_prestart=False))),
+        config,
+    )
 
 
 def _reader_waiting(fifo: Path, opened: list[int]) -> bool:

@@ -30,7 +30,12 @@ STEER = f"/api/runs/{SAE_RUN}/steer?text=the+cat&feature=2&tokens=4"
 def tight_client(fixture_db: FixtureDB) -> Iterator[TestClient]:
     """An app with one live slot, one database connection and a short wait for it."""
     settings = Settings(
-        database_url=fixture_db.url, live_processes=1, live_max_jobs=1, db_pool_size=1, db_pool_timeout=3.0
+        database_url=fixture_db.url,
+        live_processes=1,
+        live_max_jobs=1,
+        db_pool_size=1,
+        db_pool_timeout=3.0,
+        live_prestart=False,  # its tests count the process's jobs from the first
     )
     with TestClient(create_app(settings)) as test_client:
         yield test_client

@@ -1,11 +1,15 @@
-"""A full disk during checkpointing and during analysis: a clear error, nothing corrupt, and the
-same command finishes the work once there is space. The disk is a real size-limited file system
-(a tmpfs mounted for the test; the tests run as root, as CI does)."""
+"""A full disk during checkpointing and during analysis (SQLite and PostgreSQL): a clear error,
+nothing corrupt, and the same command finishes the work once there is space. The disk is a real
+size-limited file system (a tmpfs mounted for the test; the tests run as root, as CI does)."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from trainer.store import complete_runs, open_database
 
 sys.path.insert(0, str(Path(__file__).parent / "sae"))
 sys.path.insert(0, str(Path(__file__).parent))
+from pglocal import PostgresUnavailable, local_postgres  # noqa: E402
 from saedata import sae_cfg, superposition  # noqa: E402
 from test_store import runs, store  # noqa: E402
 
@@ -30,8 +35,13 @@ class SmallDisk:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def mount(self, size: int) -> None:
-        self._mount(["-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.path)])
+    def mount(self, size: int, options: str = "") -> None:
+        self._mount(["-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(self.path)])
+
+    def used(self) -> int:
+        """Bytes in use on it."""
+        stats = os.statvfs(self.path)
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
 
     def resize(self, size: int) -> None:
         self._mount(["-o", f"remount,size={size}", str(self.path)])
@@ -107,3 +117,62 @@ def test_a_full_disk_while_analysis_writes_keeps_the_database_whole(
     assert _integrity(url) == "ok"
     assert complete_runs(open_database(url)) == [(new_id, "tiny-paper")] and new_id != old_id
     assert runs(url) == [("tiny-paper", "complete")]  # the failed attempt's leftovers are gone
+
+
+@pytest.fixture
+def postgres_on_small_disk() -> Iterator[tuple[SmallDisk, str]]:
+    """A throwaway PostgreSQL server (files on the ordinary disk) and a small disk its user owns,
+    both where that user can reach them (pytest's tmp_path is root's alone); yields the disk and
+    the server's URL without a database name."""
+    root = Path(tempfile.mkdtemp(prefix="pg-small-disk-"))
+    root.chmod(0o755)
+    disk = SmallDisk(root / "disk")
+    disk.path.mkdir()
+    (root / "server").mkdir()
+    postgres = pwd.getpwnam("postgres")
+    disk.mount(64 << 20, f",uid={postgres.pw_uid},gid={postgres.pw_gid},mode=0700")
+    try:
+        with local_postgres(root / "server") as base:
+            yield disk, base
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    finally:
+        subprocess.run(["umount", "-l", str(disk.path)], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_a_full_disk_under_postgres_keeps_the_old_run(
+    tmp_path: Path, postgres_on_small_disk: tuple[SmallDisk, str]
+) -> None:
+    """A PostgreSQL database in a tablespace on a small disk, the server's own files (its WAL)
+    elsewhere: re-analysing the run fails with the same one-line error (the server says disk_full,
+    SQLSTATE 53100, for the transaction, and stays up), the old run stays complete and the failed
+    attempt is not; the same call then replaces the old run. (A full disk under the WAL
+    itself stops the whole server, PANIC: that is the server's to survive, not the writer's.)"""
+    import psycopg
+
+    disk, base = postgres_on_small_disk
+    plain = base.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(f"{plain}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE small LOCATION '{disk.path}'")
+        conn.execute("CREATE DATABASE analysis TABLESPACE small")
+    url = f"{base}/analysis"
+    old_id = store(url, tmp_path)
+    disk.resize(disk.used() + (256 << 10))  # room for the bookkeeping, not for the run
+
+    with pytest.raises(OSError, match="no space left to write run 'tiny-paper'") as raised:
+        store(url, tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message and "free some space" in message, message
+    # Read once there is room: a new connection writes a cache file into the database's folder
+    # (PostgreSQL's relcache init file), so a full one can refuse connections, readers' too.
+    disk.resize(64 << 20)
+    assert complete_runs(open_database(url)) == [(old_id, "tiny-paper")]
+    # Marking the attempt failed needs a little room too (a new row version): best effort.
+    old_status, attempt_status = (status for _slug, status in runs(url))
+    assert old_status == "complete" and attempt_status in ("failed", "running")
+
+    new_id = store(url, tmp_path)
+    assert complete_runs(open_database(url)) == [(new_id, "tiny-paper")] and new_id != old_id
+    assert "failed" not in [status for _slug, status in runs(url)]  # its leftovers are gone
