@@ -117,7 +117,10 @@ def test_inference_without_artifacts_says_so(client: TestClient) -> None:
 
 
 def test_health_and_openapi(client: TestClient) -> None:
-    assert client.get("/-/health").json() == {"status": "ok", "schema_version": SCHEMA_VERSION}
+    health = client.get("/-/health").json()
+    assert (health["status"], health["schema_version"]) == ("ok", SCHEMA_VERSION)
+    live = health["live"]  # the live pool's state: nothing admitted while nobody asks
+    assert live["jobs_admitted"] == live["jobs_running"] == 0 and live["max_jobs"] >= 1
     paths = client.get("/openapi.json").json()["paths"]
     for path in (
         "/api/runs",
