@@ -223,11 +223,11 @@ def _mark_failed_if_possible(engine: Engine, run_id: int, error: str) -> None:
 
 def _mark_failed_on_full_disk(engine: Engine, run_id: int) -> None:
     """mark_failed when the disk is too full for it in one go (PostgreSQL writes the new status
-    as a new row version, with the error's text, which can need a new page), as far as it goes:
-    the partial rows dropped in a transaction of their own, then a short error; if that finds no
-    room either, the dropped rows' pages given back (VACUUM cuts empty pages off the tables' ends)
-    and one more try. If all fail the attempt stays 'running': never listed, and replaced by the
-    next analysis of the run once this process has exited."""
+    as a new row version, with new index entries, which can need a new page): the partial rows
+    dropped in a transaction of their own, then a short error; if that finds no room either (on
+    PostgreSQL deleted rows give their room back only after a VACUUM), the attempt's Run row is
+    deleted too. A delete only marks the old row versions, so it needs no new page: the attempt
+    ends failed or gone, never left 'running'. The caller reports the error either way."""
     try:
         with engine.begin() as conn:
             for table in CHILD_TABLES:
@@ -238,13 +238,8 @@ def _mark_failed_on_full_disk(engine: Engine, run_id: int) -> None:
         except SQLAlchemyError as exc:
             if not disk_full(exc):
                 return
-        if engine.dialect.name == "postgresql":
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                for table in CHILD_TABLES:
-                    conn.exec_driver_sql(f"VACUUM {table.__tablename__}")
-        else:
-            reclaim_free_space(engine)
-        mark_failed(engine, run_id, "the disk was full")
+        with engine.begin() as conn:
+            conn.execute(delete(Run).where(Run.id == run_id))
     except SQLAlchemyError:
         pass
 

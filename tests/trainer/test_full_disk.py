@@ -169,10 +169,41 @@ def test_a_full_disk_under_postgres_keeps_the_old_run(
     # (PostgreSQL's relcache init file), so a full one can refuse connections, readers' too.
     disk.resize(64 << 20)
     assert complete_runs(open_database(url)) == [(old_id, "tiny-paper")]
-    # Marking the attempt failed needs a little room too (a new row version): best effort.
-    old_status, attempt_status = (status for _slug, status in runs(url))
-    assert old_status == "complete" and attempt_status in ("failed", "running")
+    # Marking the attempt failed needs a little room (a new row version); without it the attempt
+    # is deleted. Never left 'running'.
+    assert [status for _slug, status in runs(url)] in (["complete", "failed"], ["complete"])
 
     new_id = store(url, tmp_path)
     assert complete_runs(open_database(url)) == [(new_id, "tiny-paper")] and new_id != old_id
     assert "failed" not in [status for _slug, status in runs(url)]  # its leftovers are gone
+
+
+def test_an_attempt_that_cannot_be_marked_failed_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When even the short 'failed' mark finds no room (PostgreSQL: a new row version and index
+    entries, while deleted rows free nothing before a VACUUM), the attempt's rows are deleted:
+    the old run stays the only one, the error is the one-line OSError, nothing stays 'running'."""
+    from sqlalchemy.exc import OperationalError
+
+    import trainer.store as store_module
+
+    url = f"sqlite:///{tmp_path / 'monosemantic.db'}"
+    old_id = store(url, tmp_path)
+
+    class DiskFull(Exception):
+        sqlstate = "53100"  # PostgreSQL's disk_full
+
+    def no_room(*_args: object) -> None:
+        raise OperationalError("UPDATE runs ...", {}, DiskFull("could not extend file"))
+
+    monkeypatch.setattr(store_module, "mark_failed", no_room)
+    engine = open_database(url)
+    with pytest.raises(OSError, match="no space left to write run 'tiny-paper'"):
+        with store_module.pending_run(
+            engine, "tiny-paper", kind="sae", model_name="m", variant="topk", d_in=64, n_features=8
+        ):
+            raise no_room()  # the write that found the disk full
+    engine.dispose()
+    assert runs(url) == [("tiny-paper", "complete")]
+    assert complete_runs(open_database(url)) == [(old_id, "tiny-paper")]
