@@ -194,8 +194,11 @@ def test_an_attempt_that_cannot_be_marked_failed_is_deleted(
     class DiskFull(Exception):
         sqlstate = "53100"  # PostgreSQL's disk_full
 
+    def disk_full_error() -> OperationalError:
+        return OperationalError("UPDATE runs ...", {}, DiskFull("could not extend file"))
+
     def no_room(*_args: object) -> None:
-        raise OperationalError("UPDATE runs ...", {}, DiskFull("could not extend file"))
+        raise disk_full_error()
 
     monkeypatch.setattr(store_module, "mark_failed", no_room)
     engine = open_database(url)
@@ -203,7 +206,7 @@ def test_an_attempt_that_cannot_be_marked_failed_is_deleted(
         with store_module.pending_run(
             engine, "tiny-paper", kind="sae", model_name="m", variant="topk", d_in=64, n_features=8
         ):
-            raise no_room()  # the write that found the disk full
+            raise disk_full_error()  # the write that found the disk full
     engine.dispose()
     assert runs(url) == [("tiny-paper", "complete")]
     assert complete_runs(open_database(url)) == [(old_id, "tiny-paper")]
