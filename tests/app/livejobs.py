@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -26,3 +27,11 @@ def kept_models() -> int:
     from app import inference
 
     return inference._load_artifacts.cache_info().currsize
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 90) -> bool:
+    """Poll `condition` every 20 ms until it holds or `seconds` pass; returns it a last time."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()

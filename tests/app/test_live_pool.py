@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from app.settings import Settings
 STEER = f"/api/runs/{SAE_RUN}/steer?text=the+cat&feature=2&tokens=4"
 
 
-def _wait_for(condition: Callable[[], bool], seconds: float = 90) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
 def _pool(client: TestClient) -> dict[str, Any]:
     answer = client.get("/-/health")
     assert answer.status_code == 200
@@ -40,7 +32,7 @@ def test_prestart_starts_the_process_and_loads_the_models_before_any_request(fix
     settings = Settings(database_url=fixture_db.url, live_processes=1, live_prestart=True)
     with TestClient(create_app(settings)) as client:
         live = client.app.state.live  # type: ignore[attr-defined]
-        assert _wait_for(lambda: _pool(client)["ready"] == 1), _pool(client)
+        assert livejobs.wait_for(lambda: _pool(client)["ready"] == 1), _pool(client)
         pid = live.children[0].pid
         assert pid is not None
         # The models were loaded by the pre-start job, not by this one (it only counts them).
@@ -87,9 +79,9 @@ def test_health_shows_running_and_waiting_jobs_without_asking_the_busy_process(
         ]
         try:
             jobs[0].start()
-            assert _wait_for(lambda: (first / "started").exists()), "the first job never began"
+            assert livejobs.wait_for(lambda: (first / "started").exists()), "the first job never began"
             jobs[1].start()
-            assert _wait_for(lambda: live.jobs == 2)
+            assert livejobs.wait_for(lambda: live.jobs == 2)
             began = time.monotonic()
             pool = _pool(client)
             assert time.monotonic() - began < 2

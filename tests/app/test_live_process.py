@@ -12,7 +12,6 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,13 +30,6 @@ from app.settings import Settings
 from trainer.schema import Run, make_engine
 
 STEER = f"/runs/{SAE_RUN}/steer?text=the+cat&feature=2&tokens=4"
-
-
-def _wait_for(condition: Callable[[], bool], seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return condition()
 
 
 def _alive(pid: int) -> bool:
@@ -73,7 +65,7 @@ def test_a_child_runs_jobs_at_lower_priority_and_reports_their_errors() -> None:
         live.shutdown()
     assert first != os.getpid() and niceness == min(os.nice(0) + 5, 19)  # 19: the lowest priority
     assert second != first and not _alive(first)
-    assert _wait_for(lambda: not _alive(second), 10), "the child outlived shutdown"
+    assert livejobs.wait_for(lambda: not _alive(second), 10), "the child outlived shutdown"
 
 
 @pytest.fixture
@@ -119,7 +111,7 @@ def _kill_mid_request(client: TestClient, fifo: Path, path: str) -> tuple[httpx.
     request = threading.Thread(target=lambda: answers.append(client.get(path)))
     request.start()
     try:
-        assert _wait_for(lambda: _reader_waiting(fifo, opened)), "the model load never began"
+        assert livejobs.wait_for(lambda: _reader_waiting(fifo, opened)), "the model load never began"
         pid = live.children[0].pid
         assert pid is not None and pid != os.getpid()
         os.kill(pid, signal.SIGKILL)
