@@ -58,9 +58,11 @@ def code_version(*directories: Path) -> str:
     """A digest of the app's code, templates and static files, so a deploy that changes what a
     page shows changes ETags, stored pages' validity and the static files' URLs."""
     digest = hashlib.sha1(usedforsecurity=False)
+    seen: set[Path] = set()  # a file read once: in a wheel, templates/ and static/ are inside app/
     for directory in directories:
-        for path in sorted(directory.rglob("*")):
-            if path.is_file() and path.suffix in (".py", ".html", ".css", ".js"):
+        for path in sorted(directory.resolve().rglob("*")):
+            if path.is_file() and path.suffix in (".py", ".html", ".css", ".js") and path not in seen:
+                seen.add(path)
                 digest.update(path.name.encode())
                 digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
@@ -69,7 +71,7 @@ def code_version(*directories: Path) -> str:
 def app_version() -> str:
     """This app's code version: in every ETag and static URL, and what a stored page must have
     been rendered by."""
-    return code_version(APP_DIR, TEMPLATES_DIR, STATIC_DIR)
+    return code_version(TEMPLATES_DIR, STATIC_DIR, APP_DIR)  # the same digest installed or editable
 
 
 _RUNS_QUERY = select(Run.id, Run.slug, Run.status, Run.completed_at)

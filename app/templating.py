@@ -16,9 +16,17 @@ from app import links
 from app.models import ExampleOut, FeatureDetail
 from app.queries import visible
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = ROOT / "templates"
-STATIC_DIR = ROOT / "static"
+
+def site_dir(name: str) -> Path:
+    """The folder `name` (templates or static): app/web/<name> in an installed wheel (setup.py
+    copies it there), else the checkout's top-level <name> (an editable install, or the tests)."""
+    package = Path(__file__).resolve().parent
+    packaged = package / "web" / name
+    return packaged if packaged.is_dir() else package.parent / name
+
+
+TEMPLATES_DIR = site_dir("templates")
+STATIC_DIR = site_dir("static")
 N_SHADES = 10  # activation shading classes a1 (weakest) .. a10 (the scale's maximum); none if not firing
 # Ablation underlines: ub1..ub5 (blue: removing the feature lowers log p(next), it helped) and
 # ur1..ur5 (red: it raises it), by |effect| relative to the page's largest.
