@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from trainer.checkpoint import atomic_write_text
 from trainer.config import CorpusConfig
+from trainer.extras import require_extra
 
 MAX_DOCUMENT_CHARS = 32_000  # longer files are split at line boundaries into several documents
 
@@ -75,6 +76,14 @@ def _sorted_files(root: Path, pattern: str, exclude: tuple[str, ...] = ()) -> li
 
 # The optional dependencies whose packages the default corpus reads, besides the required ones.
 CORPUS_EXTRAS = ("corpus",)
+
+
+def require_corpus_extra() -> None:
+    """Sphinx's translations and Babel's CLDR data (the `corpus` extra) are installed, or
+    MissingExtra says how: without them the built-in corpus would silently lose its non-Latin
+    scripts, and every number trained on it would differ."""
+    for module in ("sphinx", "babel"):
+        require_extra(module, "corpus", "the built-in corpus (its multilingual sources)")
 
 
 def _requirement_names(dist: metadata.Distribution, extras: Iterable[str]) -> list[str]:
@@ -431,6 +440,7 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict[str, Any]:
                 file=sys.stderr,
             )
     else:
+        require_corpus_extra()
         for source in BUILTIN_SOURCES:
             budget = int(cfg.max_bytes * source.share)
             rng = random.Random(f"{cfg.seed}-{source.name}")  # nosec B311  # a reproducible sample, not a secret

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from trainer.extras import require_extra
 from trainer.hooks import HookError, Replacement, cross_entropy
 
 
@@ -61,13 +62,8 @@ NOTES = {
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError as exc:
-        raise RuntimeError(
-            "--model needs the transformers package: pip install 'monosemantic[hf]' (make install has it)"
-        ) from exc
-    return transformers
+    """The transformers package (the `hf` extra), or MissingExtra naming it."""
+    return require_extra("transformers", "hf", "a transformers model (--model, or a run made with one)")
 
 
 class _Stop(Exception):
@@ -119,7 +115,7 @@ def load_config(path_or_id: str) -> Any:
 
 def load_tokenizer(path_or_id: str) -> Any:
     """The model's own fast tokenizer, or a ValueError saying the folder has none."""
-    from transformers import AutoTokenizer
+    auto_tokenizer = _transformers().AutoTokenizer
 
     def missing(detail: str) -> ValueError:
         return ValueError(
@@ -133,7 +129,7 @@ def load_tokenizer(path_or_id: str) -> Any:
     ):
         raise missing("no tokenizer.json, tokenizer_config.json or vocab.json in the folder")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path_or_id)  # nosec B615  # the user's own model; a revision is theirs to pin
+        tokenizer = auto_tokenizer.from_pretrained(path_or_id)  # nosec B615  # the user's own model; a revision is theirs to pin
     except Exception as exc:  # transformers raises OSError, ValueError, TypeError, ... here
         raise missing(f"{type(exc).__name__}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -348,6 +344,7 @@ class HFHookedLM:
 
 def load_hooked(path_or_id: str, hook: str, n_ctx: int, device: str = "cpu") -> HFHookedLM:
     """Load a causal LM (fp32 weights; bf16 compute where the hardware has it) at `hook`."""
+    _transformers()
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 

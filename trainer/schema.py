@@ -11,6 +11,7 @@ Schema changes: bump `SCHEMA_VERSION` and add a function to `MIGRATIONS` (see `e
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +34,12 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.pool import QueuePool
+
+from trainer.extras import MissingExtra, require_extra
 
 SCHEMA_VERSION = 7
 
@@ -358,6 +361,19 @@ def display_token(text: str) -> str:
 # ----------------------------------------------------------------------------- engine
 
 
+def _require_postgres_driver(url: str) -> None:
+    """The URL's PostgreSQL driver is importable, or MissingExtra names the `postgres` extra
+    (psycopg; a bare postgresql:// URL means psycopg2 before SQLAlchemy 2.1, which it does not install)."""
+    driver = make_url(url).get_driver_name()
+    if driver == "psycopg":
+        require_extra("psycopg", "postgres", "a PostgreSQL database")
+    elif driver == "psycopg2" and importlib.util.find_spec("psycopg2") is None:
+        raise MissingExtra(
+            "this PostgreSQL URL means the psycopg2 driver, which is not installed: write the URL as "
+            "postgresql+psycopg://... and pip install 'monosemantic[postgres]'"
+        )
+
+
 def make_engine(
     url: str, read_only: bool = False, pool_size: int | None = None, pool_timeout: float = 30.0
 ) -> Engine:
@@ -396,6 +412,7 @@ def make_engine(
         return engine
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
+        _require_postgres_driver(url)
         connect_args["connect_timeout"] = 10
         if read_only:
             connect_args["options"] = "-c default_transaction_read_only=on -c statement_timeout=5000"
