@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PRESET ?= demo
 
-.PHONY: install demo test lint bench serve clean
+.PHONY: install demo test lint bench serve wheel clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,8 @@ serve: install
 # Security: bandit over the shipped code (each finding fixed or justified in place with `# nosec`),
 # and a dependency audit, online or against the pinned snapshot tools/advisories.json.
 lint: install
-	$(BIN)/ruff check trainer app tests bench tools
-	$(BIN)/ruff format --check trainer app tests bench tools
+	$(BIN)/ruff check trainer app tests bench tools setup.py
+	$(BIN)/ruff format --check trainer app tests bench tools setup.py
 	$(BIN)/mypy
 	$(BIN)/bandit -q -r trainer app tools
 	$(PY) tools/audit_deps.py
@@ -34,8 +34,12 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
+# The sdist and the wheel a release ships, in dist/ (tests/test_wheel.py installs one and serves it).
+wheel: install
+	$(PY) -m build --outdir dist
+
 bench: install
 	for script in bench/bench_*.py; do $(PY) $$script; done
 
 clean:
-	rm -rf runs $(VENV)
+	rm -rf runs dist $(VENV)
