@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess  # nosec B404  # the tools under test, with fixed arguments
 import sys
@@ -64,35 +65,38 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wheel
 
 
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+
+
 def test_wheel_holds_every_module_template_and_static_file(wheel: Path) -> None:
+    """Every file of the packages (modules and any data beside them), templates/ and static/."""
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
-        path.relative_to(REPO).as_posix()
-        for package in ("trainer", "app")
-        for path in (REPO / package).rglob("*.py")
-        if "__pycache__" not in path.parts
+        path.relative_to(REPO).as_posix() for package in ("trainer", "app") for path in _files(REPO / package)
     }
     expected |= {
         f"app/web/{path.relative_to(REPO).as_posix()}"
         for folder in ("templates", "static")
-        for path in (REPO / folder).rglob("*")
-        if path.is_file()
+        for path in _files(REPO / folder)
     }
     assert sorted(expected - names) == []
     assert not any(name.startswith(("tests/", "templates/", "static/")) for name in names)
 
 
 @pytest.fixture(scope="module")
-def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv outside the checkout with the wheel (and its corpus extra) installed."""
+def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh venv outside the checkout with the wheel (and its corpus extra) installed; removed
+    afterwards (1.4 GB, torch mostly: pytest would keep the last three runs' copies)."""
     venv = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", venv], cwd=venv)
     # --no-compile: byte-compiling every installed file (torch alone has thousands) is most of the
     # install's time; the modules the demo imports are compiled as they are first imported.
-    pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-compile"]
+    pip: list[str | Path] = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-compile"]
     _run([*pip, TORCH], cwd=venv)
     _run([*pip, f"{wheel}[corpus]"], cwd=venv)
-    return venv
+    yield venv
+    shutil.rmtree(venv, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +104,18 @@ def served(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     """The installed `monosemantic`: the tiny demo, then `serve` on a free port; its base URL."""
     work = tmp_path_factory.mktemp("user")  # the user's folder: not the checkout
     env = _clean_env(venv)
-    _run(["monosemantic", "--help"], cwd=work, env=env)
+    monosemantic = venv / "bin" / "monosemantic"  # the console script the wheel installs
+    _run([monosemantic, "--help"], cwd=work, env=env)
     _run(
-        ["monosemantic", "demo", "--preset", "tiny", "--no-serve", "--out-dir", work / "run"],
+        [monosemantic, "demo", "--preset", "tiny", "--no-serve", "--out-dir", work / "run"],
         cwd=work,
         env=env,
     )
     port = _free_port()
+    log = (work / "serve.log").open("w")
     server = subprocess.Popen(  # nosec B603
         [
-            "monosemantic",
+            monosemantic,
             "serve",
             "--db",
             str(work / "run" / "monosemantic.db"),
@@ -120,16 +126,15 @@ def served(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         ],
         cwd=work,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
-        text=True,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVE_TIMEOUT
         while True:
-            assert server.poll() is None, f"monosemantic serve exited:\n{server.communicate()[0]}"
+            assert server.poll() is None, f"monosemantic serve exited:\n{(work / 'serve.log').read_text()}"
             try:
                 if _get(f"{base}/-/health")[0] == 200:
                     break
@@ -145,6 +150,7 @@ def served(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        log.close()
 
 
 def test_installed_app_reads_templates_and_static_from_the_venv(venv: Path) -> None:
