@@ -48,7 +48,7 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
             "number of SAE features; a comma list (512,1024,...) trains one per size",
         ),
         ("--l1-coefficient", "sae.l1_coefficient", float, "sparsity penalty (paper, l1_decnorm, jumprelu)"),
-        ("--k", "sae.k", int, "active latents per token (topk, batchtopk)"),
+        ("--k", "sae.k", int, "active latents per token (topk, batchtopk, matryoshka_batchtopk)"),
         (
             "--target-l0",
             "sae.target_l0",

@@ -13,8 +13,15 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-SAEVariant = Literal["paper", "l1_decnorm", "topk", "batchtopk", "jumprelu"]
-SAE_VARIANTS: tuple[str, ...] = ("paper", "l1_decnorm", "topk", "batchtopk", "jumprelu")
+SAEVariant = Literal["paper", "l1_decnorm", "topk", "batchtopk", "jumprelu", "matryoshka_batchtopk"]
+SAE_VARIANTS: tuple[str, ...] = (
+    "paper",
+    "l1_decnorm",
+    "topk",
+    "batchtopk",
+    "jumprelu",
+    "matryoshka_batchtopk",
+)
 ComputeDtype = Literal["bf16", "fp32"]
 
 
@@ -152,6 +159,9 @@ class SAEConfig:
     # topk / batchtopk: after each step a dead latent's b_enc rises until it would win on this many
     # rows of the batch (trainer.sae.revive). 0: off.
     revive_rows: int = 1
+    # matryoshka_batchtopk: the nested prefixes' widths, increasing, the last d_sae (SAELens's
+    # matryoshka_widths). None: d_sae/8, d_sae/4, d_sae/2, d_sae.
+    matryoshka_widths: tuple[int, ...] | None = None
     checkpoint_interval: int = 200  # steps
     dtype: ComputeDtype = "bf16"
     seed: int = 0
@@ -175,13 +185,19 @@ class SAEConfig:
         )
         _check(self.revive_rows >= 0, "sae.revive_rows must be >= 0")
         _check(self.init_norm is None or self.init_norm > 0, "sae.init_norm must be positive")
+        widths = self.matryoshka_widths
+        _check(
+            not widths
+            or (list(widths) == sorted(set(widths)) and widths[0] > 0 and widths[-1] == self.d_sae),
+            f"sae.matryoshka_widths must increase from above 0 to d_sae = {self.d_sae}, got {widths}",
+        )
         if self.target_l0 is not None:
             _check(
                 0 < self.target_l0 < self.d_sae,
                 f"sae.target_l0 {self.target_l0} cannot be reached: it must be in (0, d_sae = {self.d_sae})",
             )
             _check(
-                self.variant not in ("topk", "batchtopk"),
+                self.variant not in ("topk", "batchtopk", "matryoshka_batchtopk"),
                 f"sae.target_l0 is for the L1-style variants; {self.variant} sets its L0 with sae.k",
             )
 

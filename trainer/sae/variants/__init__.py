@@ -7,11 +7,13 @@ from trainer.sae.variants.base import LossTerms, Variant, sparsity_coefficient
 from trainer.sae.variants.batchtopk import BatchTopK
 from trainer.sae.variants.jumprelu import JumpReLU
 from trainer.sae.variants.l1_decnorm import L1DecNorm
+from trainer.sae.variants.matryoshka_batchtopk import MatryoshkaBatchTopK
 from trainer.sae.variants.paper import Paper
 from trainer.sae.variants.topk import TopK
 
 VARIANTS: dict[str, Variant] = {
-    variant.name: variant for variant in (Paper(), L1DecNorm(), TopK(), BatchTopK(), JumpReLU())
+    variant.name: variant
+    for variant in (Paper(), L1DecNorm(), TopK(), BatchTopK(), JumpReLU(), MatryoshkaBatchTopK())
 }
 
 
