@@ -40,17 +40,19 @@ def planted_hierarchy(
     child_p: float = 0.75,
     noise: float = 0.02,
     seed: int = 0,
+    directions_seed: int = 0,
 ) -> Hierarchy:
-    """`n_rows` rows of the planted parent/child set described in the module docstring."""
-    rng = np.random.default_rng(seed)
+    """`n_rows` rows of the planted parent/child set described in the module docstring: the
+    directions drawn from `directions_seed`, the rows from `seed` (another seed: held-out rows)."""
     n_directions = n_parents * (1 + children_per_parent)
-    gaussian = rng.standard_normal((d_in, n_directions))
+    gaussian = np.random.default_rng(directions_seed).standard_normal((d_in, n_directions))
     if n_directions <= d_in:  # orthonormal: absorption, not interference, is what is measured
         directions = np.linalg.qr(gaussian)[0].T
     else:
         directions = (gaussian / np.linalg.norm(gaussian, axis=0)).T
     parents = directions[:n_parents]
     children = directions[n_parents:].reshape(n_parents, children_per_parent, d_in)
+    rng = np.random.default_rng([directions_seed, seed])
     parent_on = rng.random((n_rows, n_parents)) < parent_p
     child_fires = parent_on & (rng.random((n_rows, n_parents)) < child_p)
     child_on = np.where(child_fires, rng.integers(0, children_per_parent, (n_rows, n_parents)), -1)
