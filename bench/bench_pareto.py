@@ -99,7 +99,7 @@ def all_points(saelens_l1: tuple[float, ...]) -> list[Point]:
             stacklevel=1,
         )
         points += [Point("ours", v, "l1=default", ()) for v in ("paper", "l1_decnorm", "jumprelu")]
-    for variant in ("topk", "batchtopk"):
+    for variant in ("topk", "batchtopk", "matryoshka_batchtopk"):
         points += [Point("ours", variant, f"k={k}", (("k", k),)) for k in KS]
     points += [Point("saelens", "standard", f"l1={c:g}", (("l1_coefficient", c),)) for c in saelens_l1]
     points += [Point("saelens", "topk", f"k={k}", (("k", k),)) for k in KS]
@@ -327,7 +327,7 @@ def cpu_ratios(results: list[dict]) -> str:
     }
     parts = []
     for variant in sorted({r["variant"] for r in results if r["system"] == "ours"}):
-        family = "topk" if variant in ("topk", "batchtopk") else "standard"
+        family = "topk" if variant in ("topk", "batchtopk", "matryoshka_batchtopk") else "standard"
         ours = median_cpu([r for r in results if r["system"] == "ours" and r["variant"] == variant])
         if ours and saelens[family]:
             parts.append(f"{variant} {ours / saelens[family]:.2f}x of SAELens {family}")
