@@ -2,8 +2,10 @@
 training (`source` → `state` → `train`, with `resample`).
 
     autoencoder   SparseAutoencoder: parameters, encode/decode, save/load in SAELens's layout
-    variants/     paper, l1_decnorm, topk, batchtopk, jumprelu, matryoshka_batchtopk: activation, loss, fast backward
+    variants/     paper, l1_decnorm, topk, batchtopk, jumprelu, matryoshka_batchtopk: activation, loss,
+                  fast backward
     sparse_ops    the embedding-bag kernels the fast backwards share, and AuxK
+    planted       planted parent/child directions and the feature-absorption measure
     source        ActivationSource: fp32 batches from harvested shards or a user's file
     state         TrainState: everything a checkpoint holds
     resample      the paper's neuron resampling

@@ -20,6 +20,7 @@ import torch
 from trainer.config import SAEConfig
 from trainer.sae.autoencoder import SparseAutoencoder
 from trainer.sae.source import ActivationSource
+from trainer.sae.variants.matryoshka_batchtopk import prefix_reconstructions
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,6 @@ def hierarchy_source(hierarchy: Hierarchy, batch_size: int, seed: int = 0) -> Ac
 def prefix_fvu(sae: SparseAutoencoder, rows: torch.Tensor, widths: tuple[int, ...]) -> list[float]:
     """The fraction of variance unexplained by each prefix of the dictionary (its first m latents
     alone, m in `widths`) on rows [N, d_in]; 1.0 is the mean predictor's."""
-    from trainer.sae.variants.matryoshka_batchtopk import prefix_reconstructions
-
     with torch.no_grad():
         f = sae.encode(rows)
         variance = (rows - rows.mean(0)).pow(2).sum()

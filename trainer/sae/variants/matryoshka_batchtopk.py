@@ -17,7 +17,15 @@ and AuxK's relative weight). AuxK reconstructs the full SAE's error, as SAELens 
 "StepStats.mse" is the full dictionary's error, comparable with every other variant's.
 
 Inference is BatchTopK's: one threshold θ, so the saved SAE is a SAELens jumprelu one, as SAELens
-itself saves its Matryoshka BatchTopK SAEs. Training runs through autograd (no fast path yet).
+itself saves its Matryoshka BatchTopK SAEs; it loads back as matryoshka_batchtopk from our cfg.json.
+
+On the planted parent/child set (bench/bench_absorption.py, 3 seeds) its absorption is 0.11 against
+BatchTopK's 0.61, for an FVU of 0.087 against 0.034: the first eighth of the dictionary alone
+explains half the variance (FVU 0.54; BatchTopK's 0.94). Its parent latents lean toward their
+children (decoder cosine 0.20 against 0.05): the first prefix has no child latents to share with.
+
+Speed: training runs through autograd (no sparse path yet): 0.63 CPU s per step against BatchTopK's
+0.21 at d_in 512, d_sae 4096, 4,096 rows, k 16.
 """
 
 from __future__ import annotations
