@@ -95,8 +95,6 @@ def run_case_studies(
     """Compute and store the case studies of SAE run `slug` (its model's neurons beside its
     features). Raises CaseStudyError, before any work, for a run they cannot be computed on, and
     ProxyError for a user's proxy that cannot be built."""
-    import torch
-
     from trainer.tokenizer import load_token_meta, load_token_split
 
     proxies = make_proxies(cfg.proxies, cfg.builtin)
@@ -125,7 +123,6 @@ def run_case_studies(
     tokens = val[: limit // n_ctx * n_ctx]
     if len(tokens) == 0:
         raise CaseStudyError(f"need at least {n_ctx} held-out tokens; have {len(val)}")
-    torch.manual_seed(0)
     results = case_studies(bases, tokens, vocab, proxies, cfg, eot_id, progress)
     results = {p.name: results[p.name] for p in proxies}  # the order they were given in
     store_case_studies(engine, run.id, results)

@@ -99,7 +99,10 @@ SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
         "Evaluate the SAE on held-out text (MSE, FVU, L0, dead/dense, CE loss recovered).",
         ["evaluate"],
     ),
-    "analyze": ("Analyse every feature and every neuron into the database.", ["analyze"]),
+    "analyze": (
+        "Analyse every feature and every neuron into the database, then the paper's case studies.",
+        ["analyze"],
+    ),
     "demo": (
         "Run every stage in order, then serve the browser.",
         ["corpus", "train-lm", "harvest", "train-sae", "evaluate", "analyze", "prerender"],
