@@ -203,49 +203,63 @@ def _decode(ids: np.ndarray, vocab: Sequence[bytes]) -> str:
 def prompts_from(tokens: np.ndarray, cfg: CaseStudyConfig) -> np.ndarray:
     """[n_prompts, prompt_tokens] windows spread evenly over the held-out tokens."""
     n = max(0, len(tokens) - cfg.prompt_tokens)
-    starts = np.linspace(0, n, cfg.n_prompts).astype(np.int64) if cfg.n_prompts else np.zeros(0, np.int64)
+    starts = np.linspace(0, n, cfg.n_prompts).astype(np.int64)
     return np.stack([tokens[s : s + cfg.prompt_tokens] for s in starts]).astype(np.int64)
 
 
+Pin = tuple[str, int, float]  # ('feature' | 'neuron', index, value)
+
+
+def pinned_continuations(
+    bases: Bases, prompts: np.ndarray, pins: Sequence[Pin], n_tokens: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Greedy continuations of the prompts unpinned and with each pin, all in one batch (a model
+    call per token, not per token and pin): the unpinned [n_prompts, n_tokens], then one per pin."""
+    n = len(prompts)
+    batch = torch.from_numpy(np.tile(prompts, (1 + len(pins), 1)))
+
+    def replacement(x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        for k, (kind, index, value) in enumerate(pins):
+            rows = slice((k + 1) * n, (k + 2) * n)
+            if kind == "feature":
+                out[rows] = pin_feature(x[rows], bases.sae, index, value)
+            else:
+                out[rows] = pin_neuron(x[rows], index, value)
+        return out
+
+    written = greedy_tokens(bases.lm, batch, n_tokens, replacement if pins else None).numpy()
+    return written[:n], [written[(k + 1) * n : (k + 2) * n] for k in range(len(pins))]
+
+
 def downstream(
-    bases: Bases,
     proxy: Proxy,
     prompts: np.ndarray,
     unpinned: np.ndarray,
-    feature: tuple[int, float] | None,
-    neuron: tuple[int, float] | None,
+    pinned: dict[str, tuple[Pin, np.ndarray] | None],
     vocab: Sequence[bytes],
     eot_id: int | None,
     cfg: CaseStudyConfig,
 ) -> dict[str, Any]:
-    """The proxy's mean score on greedy continuations unpinned, with the feature pinned to its
-    value, and with the neuron pinned to its; and a few of the continuations."""
-    prompt_ids = torch.from_numpy(prompts)
+    """The proxy's mean score on the continuations written unpinned, with the feature pinned and
+    with the neuron pinned; and a few of them."""
     out: dict[str, Any] = {
         "n_prompts": len(prompts),
         "n_tokens": cfg.generate_tokens,
         "unpinned": _generated_score(proxy, prompts, unpinned, vocab, eot_id),
     }
     texts: dict[str, np.ndarray] = {"unpinned": unpinned}
-    for kind, unit in (("feature", feature), ("neuron", neuron)):
-        if unit is None:
+    for kind in ("feature", "neuron"):
+        entry = pinned.get(kind)
+        if entry is None:
             out[kind] = None
             continue
-        index, value = unit
-
-        def replacement(
-            x: torch.Tensor, index: int = index, value: float = value, kind: str = kind
-        ) -> torch.Tensor:
-            return (
-                pin_feature(x, bases.sae, index, value) if kind == "feature" else pin_neuron(x, index, value)
-            )
-
-        generated = greedy_tokens(bases.lm, prompt_ids, cfg.generate_tokens, replacement).numpy()
-        texts[kind] = generated
+        (_, index, value), written = entry
+        texts[kind] = written
         out[kind] = {
             "index": index,
             "value": value,
-            "pinned": _generated_score(proxy, prompts, generated, vocab, eot_id),
+            "pinned": _generated_score(proxy, prompts, written, vocab, eot_id),
         }
     out["samples"] = [
         {"prompt": _decode(prompts[i], vocab), **{k: _decode(v[i], vocab) for k, v in texts.items()}}
@@ -324,11 +338,10 @@ def case_studies(
         feature_acts, neuron_acts = _select_columns(bases, tokens, cfg, features, neurons)
         bar.update(n_batches)
         bar.close()
-        prompts = prompts_from(tokens, cfg)
-        unpinned = greedy_tokens(lm, torch.from_numpy(prompts), cfg.generate_tokens).numpy()
+        pins: list[Pin] = []
+        pin_of: dict[tuple[int, str], int] = {}  # (proxy, kind) -> its pin
         for p, item in enumerate(matched):
             result: dict[str, Any] = {**_summary(item, len(tokens)), "status": "ok"}
-            pins: dict[str, tuple[int, float] | None] = {"feature": None, "neuron": None}
             for kind, best, r, acts, columns in (
                 ("feature", best_features[p], feature_r, feature_acts, features),
                 ("neuron", best_neurons[p], neuron_r, neuron_acts, neurons),
@@ -340,14 +353,24 @@ def case_studies(
                 measures = unit_measures(column, item.positive, cfg.thresholds, cfg.histogram_bins)
                 result[kind] = {"index": best, "correlation": float(r[best, p]), **measures}
                 if measures["max_activation"] > 0:
-                    pins[kind] = (best, cfg.pin_scale * measures["max_activation"])
-            try:
-                result["downstream"] = downstream(
-                    bases, item.proxy, prompts, unpinned, pins["feature"], pins["neuron"], vocab, eot_id, cfg
-                )
-            except Exception as exc:  # the proxy scored the held-out text but fails on generated text
-                result["downstream"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    pin_of[p, kind] = len(pins)
+                    pins.append((kind, best, cfg.pin_scale * measures["max_activation"]))
             results[item.proxy.name] = result
+        if cfg.n_prompts == 0:
+            return results
+        # Downstream: what the model writes with each unit pinned, every proxy's pins in one batch.
+        prompts = prompts_from(tokens, cfg)
+        unpinned, written = pinned_continuations(bases, prompts, pins, cfg.generate_tokens)
+        for p, item in enumerate(matched):
+            pinned = {
+                kind: (pins[pin_of[p, kind]], written[pin_of[p, kind]]) if (p, kind) in pin_of else None
+                for kind in ("feature", "neuron")
+            }
+            try:
+                effect = downstream(item.proxy, prompts, unpinned, pinned, vocab, eot_id, cfg)
+            except Exception as exc:  # the proxy scored the held-out text but fails on written text
+                effect = {"error": f"{type(exc).__name__}: {exc}"}
+            results[item.proxy.name]["downstream"] = effect
         return results
     finally:
         lm.module.train(was_training)
