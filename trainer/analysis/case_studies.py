@@ -14,7 +14,9 @@ Measures of a unit a[t] against positives P (the payload layout is in trainer/sc
   threshold fraction φ, the share of its firings a > φ·max a that fall on the concept;
 - sensitivity: |{t ∈ P : a[t] > 0}| / |P|, the share of the concept's tokens where it fires;
 - the histogram of its nonzero activations, split into proxy-positive and -negative tokens.
-Two passes over the tokens: correlations for every unit, then the chosen units' activations.
+Two passes over the tokens: correlations for every unit (the SAE's activations kept sparse on disk,
+trainer/analysis/stream.py), then the chosen units' activations (features from that cache, neurons
+from a second run of the model, which costs a fraction of the SAE's encode).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from trainer.analysis.proxies import POSITIVE_SCORE, Proxy, TokenText, decode_tokens
-from trainer.analysis.stream import Encode, autocast_context
+from trainer.analysis.stream import Encode, SparseCache, autocast_context, sparsify
 from trainer.config import CaseStudyConfig
 from trainer.hooks import HookedLM
 from trainer.steering import greedy_tokens, pin_feature, pin_neuron
@@ -135,28 +137,41 @@ class Bases:
 
 
 @torch.no_grad()
-def _batches(
+def _hook_batches(
     bases: Bases, tokens: np.ndarray, cfg: CaseStudyConfig
-) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """(positions, features [T, n_features], hook activations [T, d_in]) per batch of whole windows."""
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(positions, hook activations [T, d_in]) per batch of whole windows."""
     n_ctx = bases.lm.n_ctx
     step = max(1, cfg.tokens_per_batch // n_ctx) * n_ctx
     for start in range(0, len(tokens), step):
         ids = torch.from_numpy(np.asarray(tokens[start : start + step], dtype=np.int64))
         with autocast_context(cfg.dtype):
             x = bases.lm.activations(ids.view(-1, n_ctx)).reshape(ids.numel(), -1)
-            f = bases.encode(x)
-        yield slice(start, start + ids.numel()), f.float(), x.float()
+        yield slice(start, start + ids.numel()), x
 
 
 def _select_columns(
-    bases: Bases, tokens: np.ndarray, cfg: CaseStudyConfig, features: list[int], neurons: list[int]
+    bases: Bases,
+    tokens: np.ndarray,
+    cfg: CaseStudyConfig,
+    cache: SparseCache,
+    n_features: int,
+    features: list[int],
+    neurons: list[int],
 ) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen features' activations [T, len(features)], read back from pass 1's sparse cache
+    (no second SAE encode), and the chosen neurons' [T, len(neurons)], from a second model run."""
     feature_acts = np.zeros((len(tokens), len(features)), dtype=np.float32)
+    column = torch.full((n_features,), -1, dtype=torch.long)
+    column[features] = torch.arange(len(features))
+    for batch in cache:
+        kept = column[batch.cols]
+        mask = kept >= 0
+        feature_acts[batch.positions[mask].numpy(), kept[mask].numpy()] = batch.values[mask].numpy()
     neuron_acts = np.zeros((len(tokens), len(neurons)), dtype=np.float32)
-    for where, f, x in _batches(bases, tokens, cfg):
-        feature_acts[where] = f[:, features].numpy()
-        neuron_acts[where] = x[:, neurons].numpy()
+    if neurons:
+        for where, x in _hook_batches(bases, tokens, cfg):
+            neuron_acts[where] = x[:, neurons].float().numpy()
     return feature_acts, neuron_acts
 
 
@@ -318,24 +333,32 @@ def case_studies(
         bar = tqdm(total=2 * n_batches, desc="case studies", unit="batch", leave=False)
         feature_sums: CorrelationSums | None = None
         neuron_sums: CorrelationSums | None = None
-        for where, f, x in _batches(bases, tokens, cfg):
-            if feature_sums is None or neuron_sums is None:
-                feature_sums = CorrelationSums(f.shape[1], len(matched))
-                neuron_sums = CorrelationSums(x.shape[1], len(matched))
-            feature_sums.add(f, labels[where])
-            if bases.neurons:
-                neuron_sums.add(x, labels[where])
-            bar.update(1)
-            if progress is not None:
-                progress("case studies: correlate", bar.n, 2 * n_batches)
-        assert feature_sums is not None and neuron_sums is not None  # nosec B101  # tokens is not empty
-        feature_r, neuron_r = feature_sums.correlation(), neuron_sums.correlation()
-        best_features = best_units(feature_r)
-        best_neurons = best_units(neuron_r) if bases.neurons else [None] * len(matched)
-        # Pass 2: the chosen units' activations on every token.
-        features = sorted({i for i in best_features if i is not None})
-        neurons = sorted({i for i in best_neurons if i is not None})
-        feature_acts, neuron_acts = _select_columns(bases, tokens, cfg, features, neurons)
+        with SparseCache(1 << 15) as cache:  # int32 columns: any dictionary size
+            for where, x in _hook_batches(bases, tokens, cfg):
+                with autocast_context(cfg.dtype):
+                    f = bases.encode(x)
+                sparse, raw = sparsify(f, where.start)
+                cache.append(sparse, raw)
+                f, x = f.float(), x.float()
+                if feature_sums is None or neuron_sums is None:
+                    feature_sums = CorrelationSums(f.shape[1], len(matched))
+                    neuron_sums = CorrelationSums(x.shape[1], len(matched))
+                feature_sums.add(f, labels[where])
+                if bases.neurons:
+                    neuron_sums.add(x, labels[where])
+                bar.update(1)
+                if progress is not None:
+                    progress("case studies: correlate", bar.n, 2 * n_batches)
+            assert feature_sums is not None and neuron_sums is not None  # nosec B101  # tokens is not empty
+            feature_r, neuron_r = feature_sums.correlation(), neuron_sums.correlation()
+            best_features = best_units(feature_r)
+            best_neurons = best_units(neuron_r) if bases.neurons else [None] * len(matched)
+            # Pass 2: the chosen units' activations on every token.
+            features = sorted({i for i in best_features if i is not None})
+            neurons = sorted({i for i in best_neurons if i is not None})
+            feature_acts, neuron_acts = _select_columns(
+                bases, tokens, cfg, cache, int(feature_r.shape[0]), features, neurons
+            )
         bar.update(n_batches)
         bar.close()
         pins: list[Pin] = []
