@@ -227,3 +227,32 @@ def training_curves(training_log: dict[str, Any]) -> list[tuple[str, Spec]]:
             layout["yaxis"] = {"type": "log"}
         charts.append((stage, {"data": traces, "layout": layout}))
     return charts
+
+
+def proxy_histogram(edges: list[float], positive: list[int], negative: list[int], unit: str) -> Spec | None:
+    """The paper's case-study histogram: a unit's nonzero activations, each bar split into the
+    tokens on the concept (orange) and the others (grey)."""
+    n = min(len(positive), len(negative), max(len(edges) - 1, 0))
+    if n == 0 or not any(positive[:n]) and not any(negative[:n]):
+        return None
+    centres = [(edges[i] + edges[i + 1]) / 2 for i in range(n)]
+    widths = [edges[i + 1] - edges[i] for i in range(n)]
+    traces = [
+        {
+            "type": "bar",
+            "x": centres,
+            "y": counts[:n],
+            "width": widths,
+            "marker": {"color": colour},
+            "name": name,
+            "hovertemplate": f"%{{x:.3g}}: %{{y}} {name}<extra></extra>",
+        }
+        for counts, colour, name in (
+            (positive, "#e8680f", "on the concept"),
+            (negative, NEUTRAL, "elsewhere"),
+        )
+    ]
+    layout = _layout(f"{unit} activation", "tokens", barmode="stack", showlegend=True)
+    layout["legend"] = {"orientation": "h", "x": 0, "y": 1.15}
+    layout["margin"] = {"l": 48, "r": 12, "t": 24, "b": 40}
+    return {"data": traces, "layout": layout}

@@ -71,3 +71,8 @@ def universality_url(slug: str, api: bool = False, **params: QueryValue) -> str:
 def splitting_url(slug: str, api: bool = False) -> str:
     """Feature splitting across the run's dictionary sizes: the counts, the families, the map."""
     return f"{run_url(slug, api)}/splitting"
+
+
+def case_study_url(slug: str, name: str, api: bool = False) -> str:
+    """One of the paper's case studies on a run: a concept proxy against its best feature and neuron."""
+    return f"{run_url(slug, api)}/case-studies/{quote(name, safe='')}"

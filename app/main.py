@@ -22,7 +22,18 @@ from app.errors import install_error_handlers
 from app.head import HeadMiddleware
 from app.inference import preload, preload_sources
 from app.live import LiveExecutor
-from app.routes import families, features, findings, health, inference, interpretability, runs, search, steer
+from app.routes import (
+    case_studies,
+    families,
+    features,
+    findings,
+    health,
+    inference,
+    interpretability,
+    runs,
+    search,
+    steer,
+)
 from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
 from app.static import CachedStaticFiles, gzipped_file
@@ -103,7 +114,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = build_templates(app.state.app_version)
     app.state.schema_version = None
     app.state.stored_pages = False
-    for module in (runs, features, findings, families, interpretability, search, inference, steer, health):
+    for module in (
+        runs,
+        features,
+        findings,
+        case_studies,
+        families,
+        interpretability,
+        search,
+        inference,
+        steer,
+        health,
+    ):
         app.include_router(module.router)
     # The vendor mount comes first: Starlette matches mounts in order. Of plotly's package_data
     # (datasets, a 5 MB widget bundle...) it serves only the bundle the pages load.

@@ -376,9 +376,106 @@ class Finding(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict, description="The claim's own extra numbers.")
 
 
+class CaseStudySummary(BaseModel):
+    """One case study on the findings page: the best feature and the best neuron for a concept."""
+
+    name: str
+    status: Literal["ok", "no_match", "error"] = Field(
+        description="'ok'; 'no_match': the proxy marks no analysed token; 'error': the proxy raised."
+    )
+    n_positive: int | None = Field(description="Held-out tokens the proxy marks.")
+    feature: int | None = Field(description="The feature whose activations best track the proxy.")
+    specificity: float | None = Field(description="Share of the feature's activation mass on the concept.")
+    sensitivity: float | None = Field(description="Share of the concept's tokens where the feature fires.")
+    best_neuron: int | None
+    neuron_specificity: float | None
+    neuron_sensitivity: float | None
+    error: str | None = None
+    url: str
+    api_url: str
+
+
+class CaseStudyThreshold(BaseModel):
+    fraction: float = Field(description="Of the unit's largest activation.")
+    threshold: float
+    n_firing: int = Field(description="Tokens where the unit's activation exceeds the threshold.")
+    share: float | None = Field(description="Share of those on the concept (None: none exceed it).")
+
+
+class CaseStudyHistogram(BaseModel):
+    edges: list[float] = Field(default_factory=list)
+    positive: list[int] = Field(default_factory=list, description="Nonzero activations on the concept.")
+    negative: list[int] = Field(default_factory=list, description="Nonzero activations elsewhere.")
+
+
+class CaseStudyUnit(BaseModel):
+    kind: Literal["feature", "neuron"]
+    index: int
+    label: str
+    correlation: float = Field(description="Pearson r of its activations with the proxy's label.")
+    specificity: float | None
+    sensitivity: float | None
+    max_activation: float
+    n_firing: int
+    n_positive_firing: int
+    thresholds: list[CaseStudyThreshold]
+    histogram: CaseStudyHistogram
+    url: str | None = Field(description="Its page (None: the model's neurons are not analysed).")
+
+
+class PinnedEffect(BaseModel):
+    index: int
+    value: float = Field(description="The activation it is pinned to.")
+    pinned: float = Field(description="Mean proxy score of the tokens written with it pinned.")
+
+
+class CaseStudySample(BaseModel):
+    prompt: str
+    unpinned: str
+    feature: str | None = None
+    neuron: str | None = None
+
+
+class CaseStudyDownstream(BaseModel):
+    n_prompts: int = 0
+    n_tokens: int = Field(0, description="Tokens written per prompt.")
+    unpinned: float | None = Field(None, description="Mean proxy score of the tokens written unpinned.")
+    feature: PinnedEffect | None = None
+    neuron: PinnedEffect | None = None
+    samples: list[CaseStudySample] = Field(default_factory=list)
+    error: str | None = Field(None, description="The proxy raised on the written text.")
+
+
+class CaseStudyView(BaseModel):
+    """One case study: a concept proxy against the run's best feature and its model's best neuron."""
+
+    run: RunRef
+    neuron_run: RunRef | None
+    name: str
+    status: Literal["ok", "no_match", "error"]
+    description: str
+    definition: str
+    builtin: bool
+    n_tokens: int | None
+    n_positive: int | None
+    positive_score: float | None = Field(description="A token is on the concept from this proxy score.")
+    message: str | None = Field(description="Why there is nothing to measure, when there is not.")
+    paper_claim: str | None = Field(description="What the paper says of this concept (None: not studied).")
+    feature: CaseStudyUnit | None
+    neuron: CaseStudyUnit | None
+    downstream: CaseStudyDownstream | None
+    others: list[CaseStudySummary]
+    findings_url: str
+    url: str
+
+
 class Findings(BaseModel):
     run: RunRef
     feature_run: RunRef | None = Field(description="The SAE run whose features are compared.")
     neuron_run: RunRef | None = Field(description="The same model's neurons, analysed alike.")
     findings: list[Finding]
+    case_studies: list[CaseStudySummary] = Field(
+        default_factory=list,
+        description="The paper's case studies on the feature run, one per concept proxy.",
+    )
     url: str

@@ -1,10 +1,8 @@
 """Pin one feature while the model writes: the paper's "downstream effect" experiment.
 
 Greedy continuations of a prompt, once as the model writes it and once with one feature (or,
-for a 'neurons' run, one neuron) held at a fixed value at every position, prompt and generated.
-For an 'sae' run the activations x at the run's hook (our model's MLP neurons, or any hook of a
-transformers model) become x + (value − f_i(x))·W_dec[i]: only feature i changes, the SAE's
-reconstruction error is kept, and value = f_i(x) changes nothing.
+for a 'neurons' run, one neuron) held at a fixed value at every position, prompt and generated
+(the pinning itself: trainer/steering.py, shared with the case studies).
 Contexts longer than the model's n_ctx lose their oldest tokens.
 """
 
@@ -44,21 +42,6 @@ class Steering:
     pinned: Continuation
 
 
-def pin_feature(x: torch.Tensor, sae: Any, index: int, value: float) -> torch.Tensor:
-    """Activations x [..., d_in] at the hook with SAE feature `index` moved to `value` and nothing else
-    changed: x + (value − f_i(x))·W_dec[i]."""
-    f_i: torch.Tensor = sae.encode(x.reshape(-1, x.shape[-1]).float())[:, index].reshape(x.shape[:-1])
-    direction: torch.Tensor = sae.W_dec[index]
-    return x + (value - f_i).unsqueeze(-1).to(x.dtype) * direction.to(x.dtype)
-
-
-def pin_neuron(x: torch.Tensor, index: int, value: float) -> torch.Tensor:
-    """Activations x [..., d_in] at the hook with neuron `index` set to `value`."""
-    pinned = x.clone()
-    pinned[..., index] = value
-    return pinned
-
-
 def _top_next(logits: torch.Tensor, k: int) -> list[NextToken]:
     import torch
 
@@ -94,6 +77,8 @@ def steer(
     """Greedy continuations of `text` without and with `feature` pinned to `value`; None if the
     text has no tokens."""
     import torch
+
+    from trainer.steering import pin_feature, pin_neuron  # torch, only when steering is used
 
     prompt_ids = artifacts.encode(text)
     if not prompt_ids:

@@ -99,7 +99,10 @@ SUBCOMMANDS: dict[str, tuple[str, list[str]]] = {
         "Evaluate the SAE on held-out text (MSE, FVU, L0, dead/dense, CE loss recovered).",
         ["evaluate"],
     ),
-    "analyze": ("Analyse every feature and every neuron into the database.", ["analyze"]),
+    "analyze": (
+        "Analyse every feature and every neuron into the database, then the paper's case studies.",
+        ["analyze"],
+    ),
     "demo": (
         "Run every stage in order, then serve the browser.",
         ["corpus", "train-lm", "harvest", "train-sae", "evaluate", "analyze", "prerender"],
@@ -225,6 +228,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--run", action="append", dest="runs", metavar="SLUG", required=True, help="twice: A, then B"
     )
     match.add_argument("--tokens", type=int, help="held-out tokens to correlate over (default: as analysed)")
+    cases = commands.add_parser(
+        "case-studies",
+        help="The paper's case studies on an analysed SAE run: concept proxies vs its best feature and neuron.",
+        description="For each concept proxy (built in: Arabic, Hebrew, base64, hex digests, Cyrillic, "
+        "Devanagari, URLs; or your own), find the run's feature and its model's neuron that best track "
+        "it on held-out text, measure their specificity and sensitivity, pin each while the model "
+        "writes, and store the results beside the run (replacing earlier case studies of the same "
+        "names; nothing else of the run changes).",
+    )
+    cases.add_argument("--db", help="database URL (default: $DATABASE_URL, else runs/demo/monosemantic.db)")
+    cases.add_argument("--run", required=True, metavar="SLUG", help="the SAE run")
+    cases.add_argument(
+        "--proxy",
+        action="append",
+        default=[],
+        metavar="NAME=REGEX|MODULE:FUNCTION",
+        help="a proxy of your own (repeatable): a regex whose matches mark the concept, or a function "
+        "f(token_text, context) -> score in [0, 1]; a built-in of the same name is replaced",
+    )
+    cases.add_argument("--no-builtin", action="store_true", help="only the --proxy ones")
+    cases.add_argument("--tokens", type=int, help="held-out tokens to measure on (default: as analysed)")
     serve = commands.add_parser(
         "serve", help="Serve the feature browser.", description="Serve the feature browser."
     )
@@ -354,6 +378,22 @@ def _match(db_url: str | None, runs: list[str], n_tokens: int | None) -> None:
         engine.dispose()
 
 
+def _case_studies(args: argparse.Namespace) -> None:
+    from trainer.case_studies import run_case_studies
+    from trainer.config import CaseStudyConfig
+    from trainer.store import open_database
+
+    cfg = CaseStudyConfig(n_tokens=args.tokens, proxies=tuple(args.proxy), builtin=not args.no_builtin)
+    engine = open_database(_existing_database(args.db))
+    try:
+        report = run_case_studies(engine, args.run, cfg)
+    finally:
+        engine.dispose()
+    print(f"case studies of {report.slug} over {report.n_tokens:,} held-out tokens:")
+    for line in report.lines():
+        print(f"  {line}")
+
+
 def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> int:
     """Serve the app; with several workers (default MONOSEMANTIC_WORKERS, else min(2, CPUs)) each
     process builds its own app from the environment, so the database URL travels in DATABASE_URL."""
@@ -427,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
             return _exchange(args)
         if args.command == "match":
             _match(args.db, args.runs, args.tokens)
+            return 0
+        if args.command == "case-studies":
+            _case_studies(args)
             return 0
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.command != "train-sae":
             raise ConfigError(f"only train-sae runs data-parallel under torchrun, not {args.command}")

@@ -257,6 +257,34 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class CaseStudyConfig:
+    """The paper's case studies (trainer/analysis/case_studies.py): concept proxies measured on
+    held-out text against the best feature and the best neuron, and pinned while the model writes."""
+
+    n_tokens: int | None = None  # held-out tokens; None: as many as the run analysed
+    proxies: tuple[str, ...] = ()  # the user's proxies: NAME=REGEX or MODULE:FUNCTION
+    builtin: bool = True  # also the built-in proxies (trainer/analysis/proxies.py)
+    thresholds: tuple[float, ...] = (0.0, 0.25, 0.5)  # specificity above these fractions of the max
+    histogram_bins: int = 30
+    n_prompts: int = 8  # downstream effect: greedy continuations of this many held-out windows
+    prompt_tokens: int = 16
+    generate_tokens: int = 24
+    n_samples: int = 3  # continuations kept for the page
+    pin_scale: float = 1.0  # a unit is pinned at this times its largest activation on the tokens
+    tokens_per_batch: int = 8192
+    dtype: ComputeDtype = "fp32"
+
+    def __post_init__(self) -> None:
+        _check(self.n_tokens is None or self.n_tokens > 0, "case_studies.n_tokens must be positive")
+        _check(all(0 <= f < 1 for f in self.thresholds), "case_studies.thresholds must be in [0, 1)")
+        _check(self.histogram_bins > 0 and self.tokens_per_batch > 0, "case_studies: bins and batch > 0")
+        _check(
+            self.n_prompts >= 0 and self.prompt_tokens > 0 and self.generate_tokens > 0,
+            "case_studies: n_prompts >= 0, prompt_tokens and generate_tokens > 0",
+        )
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """The paper's comparisons (trainer/study.py): SAEs of several sizes on one model's activations
     (feature splitting) and a model B trained from another seed with its own SAE (universality)."""
@@ -294,6 +322,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    case_studies: CaseStudyConfig = field(default_factory=CaseStudyConfig)
 
     def __post_init__(self) -> None:
         _check(
@@ -457,17 +486,27 @@ PRESETS["study"] = PRESETS["demo"] | {"study": {"sizes": (512, 1024, 2048, 4096)
 PRESETS["paper"] = PRESETS["paper"] | {"study": {"sizes": (512, 1024, 2048, 4096, 8192), "seed_b": 1}}
 
 
+STAGE_CLASSES: dict[str, type] = {
+    "corpus": CorpusConfig,
+    "tokenizer": TokenizerConfig,
+    "model": ModelConfig,
+    "lm": LMTrainConfig,
+    "harvest": HarvestConfig,
+    "sae": SAEConfig,
+    "eval": EvalConfig,
+    "analysis": AnalysisConfig,
+    "study": StudyConfig,
+    "case_studies": CaseStudyConfig,
+}
+
+
 def preset_config(name: str, **overrides: Any) -> RunConfig:
     """Build the RunConfig of a named preset; `overrides` maps 'stage.field' or 'field' to a value."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     stages = {stage: dict(values) for stage, values in PRESETS[name].items()}
     top: dict[str, Any] = {"preset": name, "out_dir": f"runs/{name}"}
-    top_fields = (
-        {f.name for f in fields(RunConfig)}
-        - set(stages)
-        - {"corpus", "tokenizer", "model", "lm", "harvest", "sae", "eval", "analysis", "study"}
-    )
+    top_fields = {f.name for f in fields(RunConfig)} - set(stages) - set(STAGE_CLASSES)
     for key, value in overrides.items():
         if value is None:
             continue
@@ -484,19 +523,8 @@ def preset_config(name: str, **overrides: Any) -> RunConfig:
 
 
 def build_run_config(top: dict[str, Any], stages: dict[str, dict[str, Any]]) -> RunConfig:
-    classes = {
-        "corpus": CorpusConfig,
-        "tokenizer": TokenizerConfig,
-        "model": ModelConfig,
-        "lm": LMTrainConfig,
-        "harvest": HarvestConfig,
-        "sae": SAEConfig,
-        "eval": EvalConfig,
-        "analysis": AnalysisConfig,
-        "study": StudyConfig,
-    }
     built: dict[str, Any] = {}
-    for stage, cls in classes.items():
+    for stage, cls in STAGE_CLASSES.items():
         values = stages.get(stage, {})
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
@@ -519,7 +547,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    stage_names = {"corpus", "tokenizer", "model", "lm", "harvest", "sae", "eval", "analysis", "study"}
+    stage_names = set(STAGE_CLASSES)
     top = {k: v for k, v in data.items() if k not in stage_names}
     stages = {k: v for k, v in data.items() if k in stage_names}
     # Saved configs are complete: keep d_in / vocab_size exactly as written.

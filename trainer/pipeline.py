@@ -349,15 +349,31 @@ def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
     )
     if not neurons or model.neuron_vectors() is None:
         print(f"analyze: wrote run '{cfg.slug}' to {cfg.database_url}")
-        return sae_run, None
-    neuron_run = analyze_neurons_and_store(
-        inputs,
-        metrics=lm_metrics,
-        training_log={"lm": lm_log},
-        slug=f"{cfg.model_name}-{cfg.hook}-neurons" if cfg.model_path else None,
-    )
-    print(f"analyze: wrote runs '{cfg.slug}' and its neurons to {cfg.database_url}")
+        neuron_run = None
+    else:
+        neuron_run = analyze_neurons_and_store(
+            inputs,
+            metrics=lm_metrics,
+            training_log={"lm": lm_log},
+            slug=f"{cfg.model_name}-{cfg.hook}-neurons" if cfg.model_path else None,
+        )
+        print(f"analyze: wrote runs '{cfg.slug}' and its neurons to {cfg.database_url}")
+    if not cfg.model_path:  # our own model: the case studies beside the run (trainer/case_studies.py)
+        _case_studies(cfg)
     return sae_run, neuron_run
+
+
+def _case_studies(cfg: RunConfig) -> None:
+    from trainer.case_studies import run_case_studies
+    from trainer.store import open_database
+
+    engine = open_database(cfg.database_url)
+    try:
+        report = run_case_studies(engine, cfg.slug, cfg.case_studies)
+    finally:
+        engine.dispose()
+    for line in report.lines():
+        print(f"case studies: {line}")
 
 
 @timed("prerender")

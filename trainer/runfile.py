@@ -43,6 +43,7 @@ from sqlalchemy.orm import aliased
 
 from trainer.schema import (
     Base,
+    CaseStudy,
     Example,
     ExampleEffect,
     Feature,
@@ -62,7 +63,7 @@ from trainer.schema import (
 from trainer.store import PENDING_MARK, open_database
 
 FORMAT = "monosemantic-run"
-VERSION = 2
+VERSION = 3
 # The run's own tables (rows keyed by run_id), in file order.
 TABLES: dict[str, type[Base]] = {
     "token": Token,
@@ -72,6 +73,7 @@ TABLES: dict[str, type[Base]] = {
     "example_effect": ExampleEffect,
     "interpretation": Interpretation,
     "run_finding": RunFinding,
+    "case_study": CaseStudy,
 }
 ORDER = {
     "token": (Token.token_id,),
@@ -81,6 +83,7 @@ ORDER = {
     "example_effect": (ExampleEffect.feature_index, ExampleEffect.source_position),
     "interpretation": (Interpretation.feature_index, Interpretation.explainer),
     "run_finding": (RunFinding.key,),
+    "case_study": (CaseStudy.name,),
 }
 # Links between this run and others, after the run's own rows: a link names its runs by slug and
 # its matches name their link by the link's id in this file.
@@ -95,7 +98,11 @@ MATCH_COLUMNS = (
     "logit_correlation",
 )
 KINDS = (*TABLES, "run_link", "feature_match")
-KINDS_OF_VERSION = {1: ("token", "feature", "example", "token_feature"), 2: KINDS}
+KINDS_OF_VERSION = {
+    1: ("token", "feature", "example", "token_feature"),
+    2: tuple(kind for kind in KINDS if kind != "case_study"),
+    3: KINDS,
+}
 RUN_SKIPPED = ("id", "status")  # a file holds one complete run; the importer numbers it
 ROW_SKIPPED = ("run_id",)
 BATCH_ROWS = 2000

@@ -41,12 +41,13 @@ from sqlalchemy.pool import QueuePool
 
 from trainer.extras import MissingExtra, require_extra
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
 EXAMPLE_KINDS = ("top", "interval")
 LINK_RELATIONS = ("sizes", "seeds")
+CASE_STUDY_STATUSES = ("ok", "no_match", "error")
 
 
 class DatabaseError(RuntimeError):
@@ -238,6 +239,30 @@ class Interpretation(Base):
         Float, default=None
     )  # next-token percentile, 0.5 chance
     logit_top_fraction: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class CaseStudy(Base):
+    """One of the paper's case studies on an SAE run (trainer/analysis/case_studies.py): a concept
+    proxy, the feature and the neuron that best track it on held-out text, and pinning them.
+
+    `data` by status: "ok": {"name", "status", "description", "definition", "builtin",
+    "n_tokens", "n_positive", "positive_score", "mean_score", "feature": UNIT | None,
+    "neuron": UNIT | None, "downstream": {"n_prompts", "n_tokens", "unpinned": float,
+    "feature"/"neuron": {"index", "value", "pinned": float} | None, "samples": [{"prompt",
+    "unpinned", "feature"?, "neuron"?}]} | {"error"}}; UNIT = {"index", "correlation",
+    "specificity", "sensitivity" (None: nothing to divide), "max_activation", "n_firing",
+    "n_positive_firing", "thresholds": [{"fraction", "threshold", "n_firing", "share"}],
+    "histogram": {"edges" (n+1), "positive" (n), "negative" (n)}}. "no_match": the summary fields
+    only (the proxy marked no token). "error": {"name", "status", "error"} (the proxy raised).
+    The best neuron is a neuron of the run's model: its page is in that model's neuron run.
+    Re-running a case study replaces its row only; the run's other rows never change.
+    """
+
+    __tablename__ = "case_studies"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # 'ok' | 'no_match' | 'error'
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class StoredPage(Base):
@@ -473,6 +498,10 @@ def _add_size_maps(conn: Connection) -> None:
         table.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _add_case_studies(conn: Connection) -> None:
+    CaseStudy.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_stored_pages,
     2: _add_feature_map,
@@ -480,6 +509,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _add_feature_matches,
     5: _add_interpretations,
     6: _add_size_maps,
+    7: _add_case_studies,
 }
 
 

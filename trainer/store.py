@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from trainer.schema import (
     Base,
+    CaseStudy,
     DatabaseError,
     Example,
     ExampleEffect,
@@ -45,7 +46,7 @@ from trainer.schema import (
 
 PENDING_MARK = "~pending-"
 SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, the result code of "database or disk is full"
-CHILD_TABLES = (ExampleEffect, RunFinding, Example, TokenFeature, Token, Interpretation, Feature)
+CHILD_TABLES = (ExampleEffect, RunFinding, Example, TokenFeature, Token, Interpretation, Feature, CaseStudy)
 
 
 def open_database(url: str) -> Engine:

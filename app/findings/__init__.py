@@ -17,7 +17,15 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session
 
 from app import links
-from app.findings import ablation, density, interpretability, reconstruction, splitting, universality
+from app.findings import (
+    ablation,
+    case_studies,
+    density,
+    interpretability,
+    reconstruction,
+    splitting,
+    universality,
+)
 from app.findings.context import FindingsContext, companion_runs
 from app.models import Finding, Findings
 from app.queries import run_ref, table_names
@@ -25,11 +33,12 @@ from trainer.schema import Run
 
 Claim = Callable[[FindingsContext], Finding]
 
-# In the paper's order: setup (reconstruction), then its experiments 1, 3, 4, 5 and the feature
+# In the paper's order: setup (reconstruction), then its experiments 1, 2, 3, 4, 5 and the feature
 # pages' downstream effects.
 CLAIMS: list[Claim] = [
     reconstruction.claim,
     interpretability.claim,
+    case_studies.claim,
     splitting.claim,
     universality.claim,
     density.claim,
@@ -46,5 +55,6 @@ def build_findings(session: Session, run: Run) -> Findings:
         feature_run=run_ref(feature_run) if feature_run else None,
         neuron_run=run_ref(neuron_run) if neuron_run else None,
         findings=[claim(ctx) for claim in CLAIMS],
+        case_studies=case_studies.summaries(session, feature_run),
         url=links.findings_url(run.slug),
     )

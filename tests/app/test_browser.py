@@ -226,3 +226,38 @@ def test_findings_page_and_ablation_underlines(real_server: Server, page: Page) 
     page.mouse.move(0, 0)
     page.screenshot(path=str(ARTIFACTS / "feature_page_ablation.png"), full_page=True)
     assert page.script_errors == [] and page.dialogs == []  # type: ignore[attr-defined]
+
+
+def test_case_study_page_and_its_json(real_server: Server, page: Page) -> None:
+    """On a real tiny run: the findings page links each case study; the page shows the best
+    feature's and the best neuron's histograms coloured by the proxy (or says why there are none)
+    and its JSON twin answers the same case study."""
+    runs = httpx.get(f"{real_server.base_url}/api/runs").json()["runs"]
+    sae = next(run for run in runs if run["kind"] == "sae")
+    page.goto(f"{real_server.base_url}{sae['url']}/findings")
+    rows = page.locator("section#case_studies table.case-studies tbody tr")
+    expect(rows.first).to_be_visible()
+    measured = page.locator("section#case_studies table.case-studies tbody tr:has(td.ours) a")
+    link = measured.first if measured.count() else rows.first.locator("a")
+    name = link.inner_text()
+    link.click()
+    expect(page.locator("h1")).to_have_text(f"Case study: {name}")
+    twin = page.locator('link[rel="alternate"][type="application/json"]').get_attribute("href")
+    assert twin is not None and twin.endswith(f"/case-studies/{name}")
+    data = httpx.get(f"{real_server.base_url}{twin}").json()
+    assert data["name"] == name and data["url"] == page.url.removeprefix(real_server.base_url)
+    if data["status"] == "ok":
+        for kind in ("feature", "neuron"):
+            expect(
+                page.locator(f"[data-chart=chart-case-{kind}].js-plotly-plot svg.main-svg").first
+            ).to_be_visible()
+        assert page.locator("[data-chart=chart-case-feature] .bars path").count() > 0
+        expect(page.locator("#case-downstream")).to_be_visible()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "case_study_page.png"), full_page=True)
+        page.locator("#case-feature h3 a").click()
+        expect(page.locator("h1")).to_have_text(f"Feature {data['feature']['index']}")
+    else:
+        expect(page.locator("#case-message")).to_be_visible()
+        expect(page.locator("[data-chart^=chart-case]")).to_have_count(0)
+    assert page.script_errors == [] and page.dialogs == []  # type: ignore[attr-defined]

@@ -21,7 +21,15 @@ from trainer.cli import build_parser, config_from_args
 from trainer.config import to_dict
 from trainer.schema import SCHEMA_VERSION, SchemaInfo, ensure_schema, make_engine
 
-CLAIMS = ["reconstruction", "interpretability", "splitting", "universality", "density", "ablation"]
+CLAIMS = [
+    "reconstruction",
+    "interpretability",
+    "case_studies",
+    "splitting",
+    "universality",
+    "density",
+    "ablation",
+]
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from trainer.cli import main
 from trainer.neuronpedia import export_neuronpedia
 from trainer.runfile import RunFileError, export_jsonl, import_jsonl
 from trainer.schema import (
+    CaseStudy,
     ExampleEffect,
     FeatureMatch,
     Interpretation,
@@ -51,7 +52,7 @@ def _answer(client: TestClient, path: str) -> Any:
 
 def pages(url: str, max_features: int = 10_000) -> dict[str, Any]:
     """Every JSON page of every complete run: the run list, run pages, feature pages and their
-    families (of at most `max_features` features a run, evenly spaced), findings,
+    families (of at most `max_features` features a run, evenly spaced), findings, case studies,
     interpretability, universality, searches."""
     seen: dict[str, Any] = {}
     with TestClient(create_app(Settings(database_url=url))) as client:
@@ -65,6 +66,8 @@ def pages(url: str, max_features: int = 10_000) -> dict[str, Any]:
                 seen[path] = client.get(path).json()
             for view in ("findings", "interpretability", "universality"):
                 seen[f"{run['api_url']}/{view}"] = _answer(client, f"{run['api_url']}/{view}")
+            for study in client.get(f"{run['api_url']}/findings").json().get("case_studies", []):
+                seen[study["api_url"]] = _answer(client, study["api_url"])
             step = max(1, -(-run["n_features"] // max_features))
             for index in range(0, run["n_features"], step):
                 path = f"{run['api_url']}/features/{index}"
@@ -124,11 +127,11 @@ def linked_db(real_run_db: str, tmp_path_factory: pytest.TempPathFactory) -> str
 
 
 def test_round_trip_keeps_every_table_a_page_shows(linked_db: str, db_url: str, tmp_path: Path) -> None:
-    """Interpretations, ablation effects, findings, links and matches survive export → import,
+    """Interpretations, ablation effects, findings, case studies, links and matches survive export → import,
     whatever order the runs are imported in; and each table was there to lose."""
     engine = make_engine(linked_db, read_only=True)
     with engine.connect() as conn:
-        for table in (Interpretation, ExampleEffect, RunFinding, RunLink, FeatureMatch):
+        for table in (Interpretation, ExampleEffect, RunFinding, RunLink, FeatureMatch, CaseStudy):
             assert conn.execute(select(func.count()).select_from(table)).scalar_one() > 0, table
     engine.dispose()
     files = export_all(linked_db, tmp_path, ".jsonl.gz")

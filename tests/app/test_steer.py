@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 from sqlalchemy import select
 
-from app.steering import pin_feature, pin_neuron
 from trainer.config import SAEConfig
 from trainer.sae import SparseAutoencoder
 from trainer.schema import Token, make_engine
+from trainer.steering import pin_feature, pin_neuron
 
 PROMPT = "the cat sat on the"
 
