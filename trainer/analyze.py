@@ -25,7 +25,11 @@ from tqdm import tqdm
 
 from trainer.analysis.ablation import ablation_effects, ablation_summary, effect_rows
 from trainer.analysis.feature_map import feature_map
-from trainer.analysis.interpretability import InterpretabilityResult, interpret_units
+from trainer.analysis.interpretability import (
+    InterpretabilityResult,
+    interpret_units,
+    randomised_logit_weights,
+)
 from trainer.analysis.rows import (
     concat_windows,
     density_histogram,
@@ -263,6 +267,9 @@ def analyze_run(
                 cfg,
                 texts,
                 log=lambda line: tqdm.write(f"{basis.kind}: {line}"),
+                random_logit_weights=randomised_logit_weights(lm.module, cfg.seed)
+                if isinstance(lm, OneLayerHooked)
+                else None,
             )
             clock.stop("interpretability")
             cache_bytes = cache.n_bytes
@@ -271,6 +278,7 @@ def analyze_run(
         examples = example_rows(both, tokens, cfg, n_top)
         effect_table = effect_rows(top_windows, effects)
         findings = {"ablation": ablation_summary(top_windows, effects)}
+        findings["interpretability"] = interpretability.summary  # medians, intervals, logit baseline
         features = feature_rows(
             lm.logit_weights().detach(),
             basis.decoder,

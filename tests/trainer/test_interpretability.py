@@ -297,3 +297,28 @@ def test_llm_settings_are_checked() -> None:
         LLMEndpoint.from_settings("file:///etc/passwd", "m", 5, 0)
     assert LLMEndpoint.from_settings(None, None, 5, 0) is None
     assert LLMEndpoint("http://h/v1/", "m").chat_url == "http://h/v1/chat/completions"
+
+
+def test_measured_logit_baseline_of_a_random_model_is_chance() -> None:
+    """The logit score's chance level is measured, not assumed: the units' logit effects through a
+    re-initialised model (and random unit directions) score within 0.05 of 0.5 against next tokens
+    drawn as text draws them (a few frequent tokens, a long tail)."""
+    from trainer.analysis.interpretability import logit_baselines, randomised_logit_weights
+    from trainer.config import ModelConfig
+    from trainer.model import OneLayerTransformer
+
+    torch.manual_seed(0)
+    vocab, d_mlp, n_units = 512, 128, 300
+    model = OneLayerTransformer(ModelConfig(vocab_size=vocab, n_ctx=16, d_model=64, n_heads=2, d_mlp=d_mlp))
+    zipf = 1.0 / torch.arange(1, vocab + 1).double()
+    next_tokens = torch.multinomial(zipf / zipf.sum(), n_units * 200, replacement=True).view(n_units, 200)
+    next_sum = torch.zeros(vocab, n_units)
+    for unit in range(n_units):
+        next_sum[:, unit].index_add_(0, next_tokens[unit], torch.rand(200) + 0.1)
+    decoder = torch.nn.functional.normalize(torch.randn(n_units, d_mlp), dim=1)
+    random_weights = randomised_logit_weights(model, seed=1)
+    assert random_weights is not None and random_weights.shape == (d_mlp, vocab)
+    baselines = logit_baselines(next_sum, decoder, model.direct_logit_weights().detach(), random_weights, 10)
+    assert baselines["random_model"] is not None and abs(baselines["random_model"] - 0.5) < 0.05
+    assert baselines["random_directions"] is not None and abs(baselines["random_directions"] - 0.5) < 0.05
+    assert randomised_logit_weights(object()) is None

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.analysis.bootstrap import bootstrap_median
 from trainer.analysis.llm_explainer import Evidence, LLMEndpoint, LLMRules, explain_units
 from trainer.analysis.stats import Windows
 from trainer.analysis.stream import GroupedTopK, SparseBatch
@@ -430,6 +431,42 @@ def logit_scores(
     return percentile_score, top_fraction
 
 
+def logit_baselines(
+    next_sum: torch.Tensor,
+    decoder: torch.Tensor,
+    logit_weights: torch.Tensor,
+    random_logit_weights: torch.Tensor | None,
+    k: int,
+    seed: int = 0,
+) -> dict[str, float | None]:
+    """The logit score's chance level, measured rather than assumed: the median logit score of the
+    same units against the same next tokens (i) through a randomised model's direct path (the
+    weights re-initialised; the paper's 0.5 "randomised model") and (ii) with random unit
+    directions in place of the units' decoder vectors, through this model."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.nn.functional.normalize(torch.randn(decoder.shape, generator=generator), dim=1)
+    random_directions = _median(logit_scores(next_sum, directions, logit_weights, k)[0])
+    random_model = (
+        None
+        if random_logit_weights is None
+        else _median(logit_scores(next_sum, decoder, random_logit_weights, k)[0])
+    )
+    return {"random_model": random_model, "random_directions": random_directions}
+
+
+def randomised_logit_weights(model: Any, seed: int = 0) -> torch.Tensor | None:
+    """[d_mlp, vocab] direct logit weights of a freshly initialised copy of our one-layer model
+    (same config, seed `seed`); None for a model we cannot re-initialise."""
+    from trainer.model import OneLayerTransformer
+
+    if not isinstance(model, OneLayerTransformer):
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = OneLayerTransformer(model.cfg)
+    return fresh.direct_logit_weights().detach().float()
+
+
 # ---------------------------------------------------------------------------- rows
 
 
@@ -624,10 +661,12 @@ def interpret_units(
     cfg: AnalysisConfig,
     texts: list[str],
     log: Callable[[str], None] = print,
+    random_logit_weights: torch.Tensor | None = None,
 ) -> InterpretabilityResult:
     """Explain, simulate and score every unit of an analysed stream (`batches`: the re-iterable
     sparse cache; `total_token_sum` [V, D] the activation summed per input token over the whole
-    stream; `top` each unit's top example windows with their activations)."""
+    stream; `top` each unit's top example windows with their activations; `random_logit_weights`
+    a randomised model's direct logit weights, for the measured chance level)."""
     n_units = decoder.shape[0]
     split = split_stream(tokens, n_ctx, vocab)
     stats = split_pass(batches, split, n_units, cfg.explain_candidates)
@@ -648,7 +687,23 @@ def interpret_units(
         "median_logit_top_fraction": _median(logit_top),
         "explanation_tokens": stats.n_explain,
         "scoring_tokens": stats.n_held,
+        # 95% bootstrap intervals of the medians over units (the headline: top + random).
+        "ci": {
+            name: bootstrap_median(values.numpy())["ci"]
+            for name, values in (
+                ("score_top_random", scores["score_top_random"]),
+                ("score", scores["score"]),
+                ("logit_score", logit_score),
+            )
+        },
     }
+    baselines = logit_baselines(
+        stats.next_sum, decoder, logit_weights, random_logit_weights, cfg.n_logit_tokens
+    )
+    summary["baseline_logit_score"] = (
+        baselines["random_model"] if baselines["random_model"] is not None else baselines["random_directions"]
+    )
+    summary["baseline_logit_scores"] = baselines
 
     endpoint = LLMEndpoint.from_settings(cfg.llm_url, cfg.llm_model, cfg.llm_timeout, cfg.llm_retries)
     if endpoint is not None:
