@@ -178,6 +178,7 @@ def analyze_run(
     token_texts: list[str] | None = None,
     progress: Progress | None = None,
     cache_dir: str | Path | None = None,
+    token_bytes: list[bytes] | None = None,
 ) -> RunAnalysis:
     """Every feature's statistics, examples and summaries over the first cfg.n_tokens of `val_tokens`."""
     lm = as_hooked(model)
@@ -270,6 +271,7 @@ def analyze_run(
                 random_logit_weights=randomised_logit_weights(lm.module, cfg.seed)
                 if isinstance(lm, OneLayerHooked)
                 else None,
+                token_bytes=token_bytes,
             )
             clock.stop("interpretability")
             cache_bytes = cache.n_bytes
@@ -394,7 +396,9 @@ def _store(
             if progress is not None:
                 progress("run created", 0, 1)
             texts = [raw.decode("utf-8", "replace") for raw in vocab_bytes]
-            analysis = analyze_run(lm, basis, inputs.val_tokens, cfg.analysis, texts, progress)
+            analysis = analyze_run(
+                lm, basis, inputs.val_tokens, cfg.analysis, texts, progress, token_bytes=list(vocab_bytes)
+            )
             update_run(
                 engine,
                 run_id,

@@ -322,3 +322,49 @@ def test_measured_logit_baseline_of_a_random_model_is_chance() -> None:
     assert baselines["random_model"] is not None and abs(baselines["random_model"] - 0.5) < 0.05
     assert baselines["random_directions"] is not None and abs(baselines["random_directions"] - 0.5) < 0.05
     assert randomised_logit_weights(object()) is None
+
+
+def test_a_script_feature_is_explained_by_its_script_and_scored_fairly() -> None:
+    """A unit firing on every Arabic letter, each one rare: the explainer names 'Arabic script'
+    (not ten of its letters), the simulator plays class membership, and the score the moments give
+    equals a brute-force simulation of those rules."""
+    from trainer.analysis.interpretability import add_concepts, predict, token_classes
+
+    rng = np.random.default_rng(5)
+    arabic = list(range(20, 40))  # token ids 20-39 are Arabic letters, 0-19 English words
+    token_bytes = [f"w{i}".encode() for i in range(20)] + [chr(0x0627 + i).encode() for i in range(20)]
+    tokens = rng.integers(0, VOCAB, N_TOKENS)
+    acts = np.zeros((N_TOKENS, 2), dtype=np.float32)
+    is_arabic = tokens >= 20
+    acts[:, 0] = is_arabic * (1.5 + 0.2 * rng.random(N_TOKENS))  # the script feature
+    acts[:, 1] = 2.0 * (tokens == 3)  # a one-token feature: no concept
+    acts_t = torch.from_numpy(acts)
+    cfg = config(explain_tokens=5)
+    batches, token_sum, top = stream_pieces(tokens, acts_t, cfg)
+    decoder, logit_weights = torch.eye(2), torch.randn(2, VOCAB) * 0.1
+    texts = [raw.decode() for raw in token_bytes]
+
+    def interpret(with_bytes: bool) -> dict[int, dict]:
+        result = interpret_units(
+            batches, tokens, N_CTX, VOCAB, token_sum, top, decoder, logit_weights, cfg, texts,
+            log=lambda _: None, token_bytes=token_bytes if with_bytes else None,
+        )  # fmt: skip
+        return by_unit(result)
+
+    member = token_classes(token_bytes)
+    assert member[0, arabic].all() and not member[0, :20].any()  # CONCEPTS[0] is Arabic script
+    rows, tokens_only = interpret(True), interpret(False)
+    assert rows[0]["rules"]["concept"]["name"] == "Arabic script"
+    assert rows[0]["explanation"].startswith("Arabic script (100% of its activation)")
+    assert rows[1]["rules"]["concept"] is None and tokens_only[0]["rules"]["concept"] is None
+    assert rows[0]["score"] > 0.95 > tokens_only[0]["score"] + 0.2  # five letters listed miss the rest
+    assert rows[0]["score_top_random"] > 0.9
+    # The moments' score is the correlation of the rules played on every scoring token.
+    split = split_stream(tokens, N_CTX, VOCAB)
+    stats = split_pass(batches, split, 2, cfg.explain_candidates)
+    expl, _ = local_explanations(batches, split, stats, 2, cfg.explain_tokens, cfg.explain_contexts)
+    expl = add_concepts(expl, stats, member)
+    held = split.held.nonzero().squeeze(1)
+    simulated = predict(expl, torch.zeros_like(held), split.cur[held], split.pair[held], VOCAB)
+    expected = np.corrcoef(simulated.numpy(), acts[held.numpy(), 0])[0, 1]
+    assert rows[0]["score"] == pytest.approx(expected, abs=1e-6)
