@@ -78,10 +78,12 @@ class ScoreGroup(BaseModel):
         description="95% bootstrap interval of each median over units: score_top_random, score, logit_score.",
     )
     baseline_logit_score: float | None = Field(
-        default=None, description="The logit score's chance level, measured on a randomised model."
+        default=None, description="The logit score's chance level, measured on randomised models."
     )
-    baseline_logit_scores: dict[str, float | None] = Field(
-        default_factory=dict, description="Each measured baseline: random_model, random_directions."
+    baseline_logit_scores: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Each measured baseline: random_model (mean over re-initialisations), "
+        "random_model_medians (each), random_directions.",
     )
 
 

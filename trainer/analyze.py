@@ -26,6 +26,7 @@ from tqdm import tqdm
 from trainer.analysis.ablation import ablation_effects, ablation_summary, effect_rows
 from trainer.analysis.feature_map import feature_map
 from trainer.analysis.interpretability import (
+    RANDOM_MODELS,
     InterpretabilityResult,
     interpret_units,
     randomised_logit_weights,
@@ -268,9 +269,12 @@ def analyze_run(
                 cfg,
                 texts,
                 log=lambda line: tqdm.write(f"{basis.kind}: {line}"),
-                random_logit_weights=randomised_logit_weights(lm.module, cfg.seed)
-                if isinstance(lm, OneLayerHooked)
-                else None,
+                random_logit_weights=[
+                    weights
+                    for i in range(RANDOM_MODELS)
+                    if isinstance(lm, OneLayerHooked)
+                    and (weights := randomised_logit_weights(lm.module, cfg.seed + i)) is not None
+                ],
                 token_bytes=token_bytes,
             )
             clock.stop("interpretability")

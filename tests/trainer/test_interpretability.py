@@ -316,10 +316,18 @@ def test_measured_logit_baseline_of_a_random_model_is_chance() -> None:
     for unit in range(n_units):
         next_sum[:, unit].index_add_(0, next_tokens[unit], torch.rand(200) + 0.1)
     decoder = torch.nn.functional.normalize(torch.randn(n_units, d_mlp), dim=1)
-    random_weights = randomised_logit_weights(model, seed=1)
-    assert random_weights is not None and random_weights.shape == (d_mlp, vocab)
-    baselines = logit_baselines(next_sum, decoder, model.direct_logit_weights().detach(), random_weights, 10)
+    random_weights = [randomised_logit_weights(model, seed=seed) for seed in (1, 2, 3)]
+    assert all(w is not None and w.shape == (d_mlp, vocab) for w in random_weights)
+    assert not torch.equal(random_weights[0], random_weights[1])  # type: ignore[arg-type]
+    baselines = logit_baselines(
+        next_sum,
+        decoder,
+        model.direct_logit_weights().detach(),
+        random_weights,
+        10,  # type: ignore[arg-type]
+    )
     assert baselines["random_model"] is not None and abs(baselines["random_model"] - 0.5) < 0.05
+    assert len(baselines["random_model_medians"]) == 3
     assert baselines["random_directions"] is not None and abs(baselines["random_directions"] - 0.5) < 0.05
     assert randomised_logit_weights(object()) is None
 

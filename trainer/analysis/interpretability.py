@@ -28,7 +28,7 @@ over the cache, no per-unit loop over the stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -592,27 +592,34 @@ def logit_scores(
     return percentile_score, top_fraction
 
 
+RANDOM_MODELS = 5  # re-initialisations the chance level is averaged over
+
+
 def logit_baselines(
     next_sum: torch.Tensor,
     decoder: torch.Tensor,
     logit_weights: torch.Tensor,
-    random_logit_weights: torch.Tensor | None,
+    random_logit_weights: Sequence[torch.Tensor],
     k: int,
     seed: int = 0,
-) -> dict[str, float | None]:
+) -> dict[str, Any]:
     """The logit score's chance level, measured rather than assumed: the median logit score of the
-    same units against the same next tokens (i) through a randomised model's direct path (the
-    weights re-initialised; the paper's 0.5 "randomised model") and (ii) with random unit
-    directions in place of the units' decoder vectors, through this model."""
+    same units against the same next tokens (i) through randomised models' direct paths (the
+    weights re-initialised; the paper's 0.5 "randomised model"): "random_model" the mean of their
+    medians, "random_model_medians" each; (ii) with random unit directions in place of the units'
+    decoder vectors, through this model ("random_directions"). A dictionary's decoder vectors share
+    a direction (MLP activations are non-negative), so one re-initialisation ranks the frequent
+    next tokens alike for every feature: its median strays from 0.5 by chance, hence several."""
     generator = torch.Generator().manual_seed(seed)
     directions = torch.nn.functional.normalize(torch.randn(decoder.shape, generator=generator), dim=1)
     random_directions = _median(logit_scores(next_sum, directions, logit_weights, k)[0])
-    random_model = (
-        None
-        if random_logit_weights is None
-        else _median(logit_scores(next_sum, decoder, random_logit_weights, k)[0])
-    )
-    return {"random_model": random_model, "random_directions": random_directions}
+    medians = [_median(logit_scores(next_sum, decoder, weights, k)[0]) for weights in random_logit_weights]
+    defined = [m for m in medians if m is not None]
+    return {
+        "random_model": sum(defined) / len(defined) if defined else None,
+        "random_model_medians": medians,
+        "random_directions": random_directions,
+    }
 
 
 def randomised_logit_weights(model: Any, seed: int = 0) -> torch.Tensor | None:
@@ -837,13 +844,13 @@ def interpret_units(
     cfg: AnalysisConfig,
     texts: list[str],
     log: Callable[[str], None] = print,
-    random_logit_weights: torch.Tensor | None = None,
+    random_logit_weights: Sequence[torch.Tensor] = (),
     token_bytes: list[bytes] | None = None,
 ) -> InterpretabilityResult:
     """Explain, simulate and score every unit of an analysed stream (`batches`: the re-iterable
     sparse cache; `total_token_sum` [V, D] the activation summed per input token over the whole
     stream; `top` each unit's top example windows with their activations; `random_logit_weights`
-    a randomised model's direct logit weights, for the measured chance level; `token_bytes` each
+    randomised models' direct logit weights, for the measured chance level; `token_bytes` each
     token's bytes, for its script and character classes: without them, no concepts)."""
     n_units = decoder.shape[0]
     split = split_stream(tokens, n_ctx, vocab)
