@@ -69,6 +69,22 @@ class FamilyTree(BaseModel):
     message: str | None = None
 
 
+class MedianCI(BaseModel):
+    """A median best-match correlation with its 95% bootstrap interval over units."""
+
+    median: float | None
+    ci: list[float] | None = Field(default=None, description="[low, high], percentile bootstrap.")
+    n: int = Field(description="Units the median is over.")
+
+
+class MatchSummary(BaseModel):
+    overall: MedianCI = Field(description="Every unit; a dead one counts at r 0.")
+    alive: MedianCI | None = Field(default=None, description="Units that fired on the matching tokens.")
+    by_density: dict[str, MedianCI] = Field(
+        default_factory=dict, description="Units at least as dense as each floor (key), e.g. '0.0001'."
+    )
+
+
 class BestMatchHistogram(BaseModel):
     run: LinkedRun
     other: LinkedRun
@@ -78,12 +94,20 @@ class BestMatchHistogram(BaseModel):
     mean: float | None
     edges: list[float]
     counts: list[int]
+    summary: MatchSummary | None = Field(
+        default=None,
+        description="Medians with intervals, overall, alive, by density (matched since issue 21).",
+    )
 
 
 class UniversalityView(BaseModel):
     run: LinkedRun
     features: list[BestMatchHistogram]
     neurons: list[BestMatchHistogram]
+    yardstick: list[BestMatchHistogram] = Field(
+        default_factory=list,
+        description="This model's SAE against a second SAE of its size from another seed (same activations).",
+    )
     paper_median_features: float = PAPER_MEDIAN_FEATURES
     paper_median_neurons: float = PAPER_MEDIAN_NEURONS
     message: str | None = Field(default=None, description="Why nothing (or not the run asked for) is shown.")

@@ -23,6 +23,7 @@ from app.family_models import (
     LinkedRun,
     MatchGroup,
     MatchOut,
+    MatchSummary,
     UniversalityView,
 )
 from app.queries import NotFoundError, feature_labels, get_run, table_names
@@ -73,7 +74,8 @@ def _match_rows(session: Session, link_id: int, index: int) -> list[FeatureMatch
 
 def feature_matches(session: Session, run: Run, index: int) -> FeatureMatches | None:
     """The feature's best matches in every linked run, or None if the run has no links."""
-    run_links = _links(session, run)
+    # The yardstick (another SAE seed on the same model) is a study-level control, not a page link.
+    run_links = [(link, other) for link, other in _links(session, run) if link.relation != "sae-seeds"]
     if not run_links:
         return None
     groups: dict[str, list[MatchGroup]] = {"sizes": [], "seeds": []}
@@ -258,6 +260,7 @@ def _histogram(link: RunLink, run: Run, other: Run) -> BestMatchHistogram:
         mean=data.get("mean"),
         edges=[float(e) for e in data.get("edges", [])],
         counts=[int(c) for c in data.get("counts", [])],
+        summary=MatchSummary.model_validate(data["summary"]) if data.get("summary") else None,
     )
 
 
@@ -300,9 +303,12 @@ def universality(session: Session, run: Run, other_slug: str | None = None) -> U
     )
     features: list[BestMatchHistogram] = []
     neurons: list[BestMatchHistogram] = []
+    yardstick: list[BestMatchHistogram] = []
     if message is None and has_match_tables(session):
         for mine in same_model:
             for link, other in _links(session, mine):
+                if link.relation == "sae-seeds" and other_run is None:
+                    yardstick.append(_histogram(link, mine, other))
                 if link.relation != "seeds":
                     continue
                 if other_run is not None and other.model_name != other_run.model_name:
@@ -316,4 +322,6 @@ def universality(session: Session, run: Run, other_slug: str | None = None) -> U
             else f"The model of run {run.slug!r} is not matched with a model trained from another seed "
             "(train one with --seed-b)."
         )
-    return UniversalityView(run=linked_run(run), features=features, neurons=neurons, message=message, url=url)
+    return UniversalityView(
+        run=linked_run(run), features=features, neurons=neurons, yardstick=yardstick, message=message, url=url
+    )

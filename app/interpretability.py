@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import links, queries
-from trainer.schema import Interpretation, Run
+from trainer.schema import Interpretation, Run, RunFinding
 
 # The paper's figures (PAPER.md): automatic interpretability on the logit side, and the human
 # rubric (0-14) on activations.
@@ -33,10 +33,12 @@ METHOD = (
     "Automatic: each explanation lists the tokens and (previous token, token) contexts that predict "
     "the unit's activation on half of the analysed held-out contexts; a simulator plays it on the "
     "other half, never seen, and the score is the correlation between simulated and actual "
-    "activations (all scoring tokens; 'top + random': the unit's top scoring windows with an equal "
-    "weight of random text). Logit score: over the scoring tokens where the unit fires, weighted by "
-    "activation, the mean percentile of the actual next token among the unit's direct logit effects "
-    "(0.5 = chance, the paper's baseline)."
+    "activations. The headline is 'top + random' (Bills et al.): the unit's top scoring windows with an "
+    "equal weight of random scoring text; the other score uses every scoring token. Logit score: over "
+    "the scoring tokens where the unit fires, weighted by activation, the mean percentile of the actual "
+    "next token among the unit's direct logit effects; its chance level is measured, with the same "
+    "units' logit effects through a re-initialised model (and with random unit directions). Brackets: "
+    "95% bootstrap intervals of the medians over units."
 )
 
 
@@ -69,7 +71,20 @@ class ScoreGroup(BaseModel):
     median_logit_score: float | None
     median_logit_top_fraction: float | None
     scores: list[float] = Field(description="Every defined score, by unit index.")
+    top_random_scores: list[float] = Field(default_factory=list, description="The headline score, per unit.")
     logit_scores: list[float]
+    ci: dict[str, list[float] | None] = Field(
+        default_factory=dict,
+        description="95% bootstrap interval of each median over units: score_top_random, score, logit_score.",
+    )
+    baseline_logit_score: float | None = Field(
+        default=None, description="The logit score's chance level, measured on randomised models."
+    )
+    baseline_logit_scores: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Each measured baseline: random_model (mean over re-initialisations), "
+        "random_model_medians (each), random_directions.",
+    )
 
 
 class InterpretabilityComparison(BaseModel):
@@ -114,6 +129,17 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _stored_summary(session: Session, run: Run) -> dict[str, Any]:
+    """What `analyze` stored beside the scores (RunFinding 'interpretability'): the medians'
+    bootstrap intervals and the measured logit baseline; {} for a run analysed before them."""
+    if RunFinding.__tablename__ not in queries.table_names(session):
+        return {}
+    data = session.scalars(
+        select(RunFinding.data).where(RunFinding.run_id == run.id, RunFinding.key == "interpretability")
+    ).one_or_none()
+    return data or {}
+
+
 def _groups(session: Session, run: Run) -> list[ScoreGroup]:
     rows = session.execute(
         select(
@@ -129,9 +155,11 @@ def _groups(session: Session, run: Run) -> list[ScoreGroup]:
     by_explainer: dict[str, list[Any]] = {}
     for row in rows:
         by_explainer.setdefault(row[0], []).append(row)
+    summary = _stored_summary(session, run)
     groups = []
     for explainer, entries in by_explainer.items():
         columns = [[float(r[i]) for r in entries if r[i] is not None] for i in range(1, 5)]
+        stored = summary if explainer == summary.get("explainer", "local") else summary.get(explainer) or {}
         groups.append(
             ScoreGroup(
                 slug=run.slug,
@@ -146,7 +174,11 @@ def _groups(session: Session, run: Run) -> list[ScoreGroup]:
                 median_logit_score=_median(columns[2]),
                 median_logit_top_fraction=_median(columns[3]),
                 scores=[round(v, 4) for v in columns[0]],
+                top_random_scores=[round(v, 4) for v in columns[1]],
                 logit_scores=[round(v, 4) for v in columns[2]],
+                ci=stored.get("ci") or {},
+                baseline_logit_score=summary.get("baseline_logit_score"),
+                baseline_logit_scores=summary.get("baseline_logit_scores") or {},
             )
         )
     return groups
@@ -210,9 +242,16 @@ def comparison_charts(data: InterpretabilityComparison) -> list[tuple[str, str, 
     """(id, caption, Plotly spec): box plots of the simulation scores and of the logit scores,
     features against neurons, each box named with its median."""
     charts = []
+    baseline = next((g.baseline_logit_score for g in data.groups if g.baseline_logit_score is not None), None)
+    logit_title = (
+        "logit score (0.5 = chance)"
+        if baseline is None
+        else f"logit score (dotted: measured chance, {baseline:.3f})"
+    )
     for key, field, title, reference in (
-        ("score", "scores", "simulation score (correlation)", None),
-        ("logit", "logit_scores", "logit score (0.5 = chance)", 0.5),
+        ("top-random", "top_random_scores", "top-and-random simulation score (the headline)", None),
+        ("score", "scores", "simulation score, every scoring token (correlation)", None),
+        ("logit", "logit_scores", logit_title, 0.5 if baseline is None else baseline),
     ):
         traces = []
         for group in data.groups:

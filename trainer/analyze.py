@@ -25,7 +25,12 @@ from tqdm import tqdm
 
 from trainer.analysis.ablation import ablation_effects, ablation_summary, effect_rows
 from trainer.analysis.feature_map import feature_map
-from trainer.analysis.interpretability import InterpretabilityResult, interpret_units
+from trainer.analysis.interpretability import (
+    RANDOM_MODELS,
+    InterpretabilityResult,
+    interpret_units,
+    randomised_logit_weights,
+)
 from trainer.analysis.rows import (
     concat_windows,
     density_histogram,
@@ -174,6 +179,7 @@ def analyze_run(
     token_texts: list[str] | None = None,
     progress: Progress | None = None,
     cache_dir: str | Path | None = None,
+    token_bytes: list[bytes] | None = None,
 ) -> RunAnalysis:
     """Every feature's statistics, examples and summaries over the first cfg.n_tokens of `val_tokens`."""
     lm = as_hooked(model)
@@ -263,6 +269,13 @@ def analyze_run(
                 cfg,
                 texts,
                 log=lambda line: tqdm.write(f"{basis.kind}: {line}"),
+                random_logit_weights=[
+                    weights
+                    for i in range(RANDOM_MODELS)
+                    if isinstance(lm, OneLayerHooked)
+                    and (weights := randomised_logit_weights(lm.module, cfg.seed + i)) is not None
+                ],
+                token_bytes=token_bytes,
             )
             clock.stop("interpretability")
             cache_bytes = cache.n_bytes
@@ -271,6 +284,7 @@ def analyze_run(
         examples = example_rows(both, tokens, cfg, n_top)
         effect_table = effect_rows(top_windows, effects)
         findings = {"ablation": ablation_summary(top_windows, effects)}
+        findings["interpretability"] = interpretability.summary  # medians, intervals, logit baseline
         features = feature_rows(
             lm.logit_weights().detach(),
             basis.decoder,
@@ -386,7 +400,9 @@ def _store(
             if progress is not None:
                 progress("run created", 0, 1)
             texts = [raw.decode("utf-8", "replace") for raw in vocab_bytes]
-            analysis = analyze_run(lm, basis, inputs.val_tokens, cfg.analysis, texts, progress)
+            analysis = analyze_run(
+                lm, basis, inputs.val_tokens, cfg.analysis, texts, progress, token_bytes=list(vocab_bytes)
+            )
             update_run(
                 engine,
                 run_id,

@@ -74,6 +74,12 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
             "number of SAE features; a comma list (512,1024,...) trains one per size",
         ),
         ("--seed-b", "study.seed_b", int, "also train model B from this seed, for universality"),
+        (
+            "--yardstick-seed",
+            "study.yardstick_seed",
+            int,
+            "also train a second SAE of the main size on model A from this seed (the yardstick)",
+        ),
     ],
     "analyze": [
         ("--analysis-tokens", "analysis.n_tokens", int, "held-out tokens to analyse"),

@@ -291,6 +291,10 @@ class StudyConfig:
 
     sizes: tuple[int, ...] = ()  # d_sae of every dictionary; () = only sae.d_sae
     seed_b: int | None = None  # train model B from this seed (None: no model B)
+    # Universality's yardstick: a second SAE of the main size on model A's same activations from this
+    # SAE seed, matched with the first (None: none). Two SAEs differing only in seed bound what
+    # A-vs-B can reach.
+    yardstick_seed: int | None = None
     match_tokens: int | None = None  # held-out tokens the correlations use; None: the analysed ones
     n_matches: int = 3  # best matches stored per feature and other run
 
@@ -481,7 +485,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # The demo's model and recipe with the paper's comparisons: four dictionary sizes on model A (feature
 # splitting) and model B from another seed with its own 4096-feature SAE (universality). Measured
 # from a fresh clone: 31 minutes on 2 cores (README, "The study, measured").
-PRESETS["study"] = PRESETS["demo"] | {"study": {"sizes": (512, 1024, 2048, 4096), "seed_b": 1}}
+PRESETS["study"] = PRESETS["demo"] | {
+    "study": {"sizes": (512, 1024, 2048, 4096), "seed_b": 1, "yardstick_seed": 1}
+}
 # The paper's preset makes the same comparisons at its own scale (one more size, 8192).
 PRESETS["paper"] = PRESETS["paper"] | {"study": {"sizes": (512, 1024, 2048, 4096, 8192), "seed_b": 1}}
 

@@ -25,6 +25,7 @@ from trainer.analysis.matching import (
     PairMatcher,
     best_match_histogram,
     cosine_table,
+    match_summary,
     row_correlation,
 )
 from trainer.analysis.stream import Encode, autocast_context
@@ -86,8 +87,11 @@ def mismatch_reason(run_a: Run, run_b: Run, vocab_a: Sequence[bytes], vocab_b: S
 
 
 def relation_of(run_a: Run, run_b: Run) -> str:
-    """'sizes' for two dictionaries of one model, 'seeds' for two models."""
-    return "sizes" if run_a.model_name == run_b.model_name else "seeds"
+    """'sizes' for two dictionaries of one model, 'seeds' for two models, 'sae-seeds' for two
+    dictionaries of one size on one model (another SAE seed: universality's yardstick)."""
+    if run_a.model_name != run_b.model_name:
+        return "seeds"
+    return "sae-seeds" if run_a.n_features == run_b.n_features else "sizes"
 
 
 def load_side(run: Run, models: dict[str, OneLayerTransformer]) -> Side:
@@ -145,7 +149,7 @@ def _pair_rows(a: Side, b: Side, matches: Matches, relation: str) -> list[dict[s
     flat_b = matches.indices.reshape(-1)
     logit = row_correlation(a.logit_weights[flat_a], b.logit_weights[flat_b])
     cosine = None
-    if relation == "sizes":
+    if relation != "seeds":  # one model: decoder directions are comparable
         unit_a = torch.nn.functional.normalize(a.decoder, dim=1)
         unit_b = torch.nn.functional.normalize(b.decoder, dim=1)
         cosine = (unit_a[flat_a] * unit_b[flat_b]).sum(1)
@@ -164,9 +168,17 @@ def _pair_rows(a: Side, b: Side, matches: Matches, relation: str) -> list[dict[s
 
 
 def _store_link(
-    engine: Engine, a: Side, b: Side, matches: Matches, relation: str, n_tokens: int
+    engine: Engine,
+    a: Side,
+    b: Side,
+    matches: Matches,
+    relation: str,
+    n_tokens: int,
+    density: torch.Tensor | None = None,
 ) -> StoredLink:
     histogram = best_match_histogram(matches.best_correlation)
+    # Medians overall, over alive units and by density floor, each with a bootstrap interval.
+    histogram["summary"] = match_summary(matches.best_correlation.numpy(), density)
     rows = _pair_rows(a, b, matches, relation)
     with engine.begin() as conn:
         old = select(RunLink.id).where(RunLink.run_id == a.run_id, RunLink.other_run_id == b.run_id)
@@ -204,6 +216,7 @@ def match_runs(
 ) -> list[StoredLink]:
     """Match each pair of runs (by slug) over the same held-out tokens (the first run's, at most
     `n_tokens`, default: as many as the runs analysed) and store both directions of every pair.
+    Correlations are taken in fp32 (`dtype`): bf16 rounding alone moves a rare feature's r.
     Raises MatchError, before any work, if a pair cannot be matched."""
     with Session(engine) as session:
         runs: dict[str, Run] = {}
@@ -239,7 +252,7 @@ def match_runs(
         # weights (the shared vocabulary) across models.
         similarity = None
         if a.n_features * b.n_features > max_dense_pairs:
-            if relation == "sizes":
+            if relation != "seeds":
                 similarity = cosine_table(a.decoder, b.decoder)
             else:
                 centred_a = a.logit_weights - a.logit_weights.mean(1, keepdim=True)
@@ -259,6 +272,6 @@ def match_runs(
     stored = []
     for a, b, relation, matcher in matchers:
         result = matcher.result(k)
-        stored.append(_store_link(engine, a, b, result.a_to_b, relation, result.n_tokens))
-        stored.append(_store_link(engine, b, a, result.b_to_a, relation, result.n_tokens))
+        stored.append(_store_link(engine, a, b, result.a_to_b, relation, result.n_tokens, result.density_a))
+        stored.append(_store_link(engine, b, a, result.b_to_a, relation, result.n_tokens, result.density_b))
     return stored

@@ -46,7 +46,7 @@ SCHEMA_VERSION = 8
 RUN_KINDS = ("sae", "neurons")
 RUN_STATUSES = ("running", "complete", "failed")
 EXAMPLE_KINDS = ("top", "interval")
-LINK_RELATIONS = ("sizes", "seeds")
+LINK_RELATIONS = ("sizes", "seeds", "sae-seeds")  # sae-seeds: same model and size, another SAE seed
 CASE_STUDY_STATUSES = ("ok", "no_match", "error")
 
 
@@ -209,8 +209,11 @@ class ExampleEffect(Base):
 class RunFinding(Base):
     """A run-level number set behind one of the paper's claims (the findings page), by key:
     "ablation": {"n_examples", "n_firing_tokens", "helped_share", "median_effect",
-    "median_focus_effect", "most_helpful": [{"index", "mean_focus_effect"}]}. Other claims add
-    their own key; each documents its layout here."""
+    "median_focus_effect", "most_helpful": [{"index", "mean_focus_effect"}]}.
+    "interpretability": the medians of the run's local scores ("median_score_top_random", …), "ci":
+    {score name: [low, high] bootstrap interval of its median}, "baseline_logit_score" (measured
+    chance level) and "baseline_logit_scores": {"random_model", "random_directions"}. Other claims
+    add their own key; each documents its layout here."""
 
     __tablename__ = "run_findings"
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)

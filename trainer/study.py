@@ -2,7 +2,9 @@
 
 With `study.sizes`, train-sae, evaluate and analyze run once per dictionary size on the same
 harvested activations (one SAE folder and one database run per size; the neurons are analysed
-once). With `study.seed_b`, model B (the same shape, data and schedule, another seed) gets its
+once). With `study.yardstick_seed`, a second SAE of the main size is trained on the same
+activations from another seed and matched with the first: universality's yardstick (relation
+'sae-seeds'). With `study.seed_b`, model B (the same shape, data and schedule, another seed) gets its
 own folder under the run's (sharing the corpus and tokens), its own LM, activations, SAE of the
 main size and analysis. `analyze` then matches the runs: every pair of sizes (feature splitting)
 and A against B, for features and for neurons (universality), and places every size on one
@@ -52,6 +54,24 @@ def model_b_config(cfg: RunConfig) -> RunConfig | None:
     )
 
 
+def yardstick_config(cfg: RunConfig) -> RunConfig | None:
+    """The yardstick SAE's config: A's main size on A's activations from SAE seed
+    study.yardstick_seed, in its own folder beside A's SAE; None without the seed."""
+    seed = cfg.study.yardstick_seed
+    if seed is None:
+        return None
+    if seed == cfg.sae.seed:
+        raise ConfigError(f"study.yardstick_seed {seed} is sae.seed: the yardstick needs another seed")
+    folder = cfg.root / f"{cfg.sae_dir.name}_seed{seed}"
+    return replace(
+        cfg,
+        sae=replace(cfg.sae, seed=seed),
+        sae_path=str(folder),
+        run_name=f"{cfg.slug}-seed{seed}",
+        study=StudyConfig(),
+    )
+
+
 def model_name(cfg: RunConfig) -> str:
     return Path(cfg.out_dir).name  # as trainer.analyze names a run's model by default
 
@@ -74,6 +94,9 @@ def match_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
     """The run pairs the study compares: all pairs of sizes; A and B (features, and neurons)."""
     slugs = [c.slug for c in size_configs(cfg)]
     pairs = list(itertools.combinations(slugs, 2))
+    cfg_y = yardstick_config(cfg)
+    if cfg_y is not None:
+        pairs.append((cfg.slug, cfg_y.slug))
     cfg_b = model_b_config(cfg)
     if cfg_b is not None:
         pairs.append((cfg.slug, cfg_b.slug))
@@ -99,7 +122,7 @@ def run_match(cfg: RunConfig) -> Any:
             n_tokens=cfg.study.match_tokens or cfg.analysis.n_tokens,
             k=cfg.study.n_matches,
             tokens_per_batch=cfg.analysis.tokens_per_batch,
-            dtype=cfg.analysis.dtype,
+            dtype="fp32",  # matching in fp32 whatever the analysis used (issue 21)
         )
         size_map = map_sizes(engine, cfg.slug, cfg.analysis.seed) if len(size_configs(cfg)) > 1 else None
     finally:
@@ -114,7 +137,7 @@ def run_match(cfg: RunConfig) -> Any:
 
 def run_stage(cfg: RunConfig, stage: str, resume: bool = False, activations_file: str | None = None) -> None:
     """Run one stage for every model and dictionary the study holds."""
-    sizes, cfg_b = size_configs(cfg), model_b_config(cfg)
+    sizes, cfg_b, cfg_y = size_configs(cfg), model_b_config(cfg), yardstick_config(cfg)
     if cfg_b is not None and activations_file:
         raise ConfigError("--activations trains on a file; model B (study.seed_b) needs its own harvest")
     if stage == "corpus":
@@ -126,14 +149,18 @@ def run_stage(cfg: RunConfig, stage: str, resume: bool = False, activations_file
                 share_corpus(cfg, cfg_b)
             run(c, resume=resume)
     elif stage == "train-sae":
-        for c in sizes:
+        # The yardstick first in every stage, so that the run folder's config.json (written by
+        # each) ends as the sizes' and the pages' "newest SAE of the model" is one of the sizes.
+        for c in ([cfg_y] if cfg_y else []) + sizes:
             pipeline.run_train_sae(c, resume=resume, activations_file=activations_file)
         if cfg_b is not None:
             pipeline.run_train_sae(cfg_b, resume=resume)
     elif stage == "evaluate":
-        for c in sizes + ([cfg_b] if cfg_b else []):
+        for c in ([cfg_y] if cfg_y else []) + sizes + ([cfg_b] if cfg_b else []):
             pipeline.run_evaluate(c)
     elif stage == "analyze":
+        if cfg_y is not None:
+            pipeline.run_analyze(cfg_y, neurons=False)
         for i, c in enumerate(sizes):
             pipeline.run_analyze(c, neurons=i == 0)
         if cfg_b is not None:

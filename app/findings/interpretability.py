@@ -14,10 +14,13 @@ CLAIM = (
     "0-14, median 12 for features vs 0 for neurons) and by logit-based automatic interpretability "
     "(0.74 vs 0.53; 0.5 for a randomised model)."
 )
+# The headline is Bills et al.'s top-and-random score; brackets are 95% bootstrap intervals.
 
 
-def _text(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3g}"
+def _text(value: float | None, ci: list[float] | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3g}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
 
 def _figures(features: ScoreGroup | None, neurons: ScoreGroup | None) -> list[FindingFigure]:
@@ -26,6 +29,18 @@ def _figures(features: ScoreGroup | None, neurons: ScoreGroup | None) -> list[Fi
         "neurons": (PAPER["logit_autointerp_neurons"], "0.53 (0.5: a random model)"),
     }
     figures = []
+    # The headline (Bills et al.): top-activating plus random held-out windows, with its interval.
+    for unit, group in (("features", features), ("neurons", neurons)):
+        score = group.median_score_top_random if group else None
+        figures.append(
+            figure(
+                f"median top-and-random simulation score, {unit}",
+                None,
+                "not stated (the paper's simulator was an LLM)",
+                score,
+                _text(score, group.ci.get("score_top_random")) if group else "no scores",
+            )
+        )
     for unit, group in (("features", features), ("neurons", neurons)):
         paper, paper_text = paper_logit[unit]
         logit = group.median_logit_score if group else None
@@ -35,18 +50,30 @@ def _figures(features: ScoreGroup | None, neurons: ScoreGroup | None) -> list[Fi
                 paper,
                 paper_text,
                 logit,
-                _text(logit) if group else "no scores",
+                _text(logit, group.ci.get("logit_score")) if group else "no scores",
             )
         )
+    baseline = next(
+        (g.baseline_logit_score for g in (features, neurons) if g and g.baseline_logit_score), None
+    )
+    figures.append(
+        figure(
+            "logit score's chance level (measured: randomised model)",
+            PAPER["logit_autointerp_random_model"],
+            "0.5 (a randomised model)",
+            baseline,
+            _text(baseline) if baseline is not None else "not measured (analysed before issue 21)",
+        )
+    )
     for unit, group in (("features", features), ("neurons", neurons)):
         score = group.median_score if group else None
         figures.append(
             figure(
-                f"median simulation score (correlation), {unit}",
+                f"median simulation score, every scoring token, {unit}",
                 None,
                 "not stated (the paper's simulator was an LLM)",
                 score,
-                _text(score) if group else "no scores",
+                _text(score, group.ci.get("score")) if group else "no scores",
             )
         )
     for unit, paper in (
@@ -84,8 +111,15 @@ def claim(ctx: FindingsContext) -> Finding:
     details = {
         "explainer": (features or neurons).explainer,  # type: ignore[union-attr]
         "paper": data.paper,
+        "baseline_logit_score": next(
+            (g.baseline_logit_score for g in (features, neurons) if g and g.baseline_logit_score), None
+        ),
+        "ci": {
+            unit: group.ci if group else None
+            for unit, group in (("features", features), ("neurons", neurons))
+        },
         **{
-            unit: group.model_dump(exclude={"scores", "logit_scores"}) if group else None
+            unit: group.model_dump(exclude={"scores", "logit_scores", "top_random_scores"}) if group else None
             for unit, group in (("features", features), ("neurons", neurons))
         },
     }

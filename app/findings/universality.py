@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
-from app.family_models import PAPER_MEDIAN_FEATURES, PAPER_MEDIAN_NEURONS, BestMatchHistogram
+from app.family_models import PAPER_MEDIAN_FEATURES, PAPER_MEDIAN_NEURONS, BestMatchHistogram, MedianCI
 from app.family_queries import mismatch, universality
 from app.findings import commands
 from app.findings.context import FindingsContext, figure, not_computed
-from app.models import Finding, FindingLink
+from app.models import Finding, FindingFigure, FindingLink
 from trainer.schema import Run, RunLink
 
 KEY, TITLE = "universality", "The same features appear in another model"
@@ -68,11 +70,66 @@ def _median(histograms: list[BestMatchHistogram], slug: str | None) -> BestMatch
     return next((h for h in histograms if h.run.slug == slug), histograms[0] if histograms else None)
 
 
+def _ci_text(item: MedianCI | None) -> str:
+    if item is None or item.median is None:
+        return "–"
+    interval = f" [{item.ci[0]:.2f}, {item.ci[1]:.2f}]" if item.ci else ""
+    return f"{item.median:.3g}{interval} (n {item.n})"
+
+
+def _controls(
+    features: BestMatchHistogram | None,
+    neurons: BestMatchHistogram | None,
+    yardstick: BestMatchHistogram | None,
+) -> tuple[list[FindingFigure], dict[str, Any]]:
+    """The controls of issue 21 as figures and API details: the seed-only yardstick, medians over
+    alive units and by density floor, each with its bootstrap interval."""
+    figures = [
+        figure(
+            "yardstick: the same model's SAE from another SAE seed",
+            None,
+            "not stated (A vs B: 0.72)",
+            yardstick.median if yardstick else None,
+            _ci_text(yardstick.summary.overall if yardstick and yardstick.summary else None)
+            if yardstick
+            else "not computed",
+        )
+    ]
+    details: dict[str, Any] = {
+        "yardstick_median": yardstick.median if yardstick else None,
+        "median_by_density": {},
+        "ci": {},
+    }
+    for unit, item in (("features", features), ("neurons", neurons), ("yardstick", yardstick)):
+        summary = item.summary if item else None
+        if summary is None:
+            continue
+        details["ci"][unit] = summary.overall.ci
+        details["median_by_density"][unit] = {floor: m.median for floor, m in summary.by_density.items()}
+        details[f"{unit}_summary"] = summary.model_dump()
+        if unit == "yardstick":
+            continue
+        if summary.alive is not None:
+            figures.append(
+                figure(f"median over alive {unit}", None, "–", summary.alive.median, _ci_text(summary.alive))
+            )
+        for floor, entry in summary.by_density.items():
+            figures.append(
+                figure(f"median over {unit} of density ≥ {floor}", None, "–", entry.median, _ci_text(entry))
+            )
+    return figures, details
+
+
 def claim(ctx: FindingsContext) -> Finding:
     run = ctx.feature_run or ctx.neuron_run or ctx.run
     view = universality(ctx.session, run) if ctx.has_table(RunLink.__tablename__) else None
     features = _median(view.features, ctx.feature_run.slug if ctx.feature_run else None) if view else None
     neurons = _median(view.neurons, ctx.neuron_run.slug if ctx.neuron_run else None) if view else None
+    yardstick = (
+        next((h for h in view.yardstick if ctx.feature_run and h.run.slug == ctx.feature_run.slug), None)
+        if view
+        else None
+    )
     figures = []
     for unit, paper, item in (
         ("features", PAPER_MEDIAN_FEATURES, features),
@@ -84,9 +141,15 @@ def claim(ctx: FindingsContext) -> Finding:
             if item is None
             else ("–" if ours is None else f"{ours:.3g} (against {item.other.slug})")
         )
+        if item is not None and item.summary is not None and ours is not None:
+            text = f"{_ci_text(item.summary.overall)} (against {item.other.slug})"
         figures.append(figure(f"median best-match correlation, {unit}", paper, f"{paper:g}", ours, text))
+    control_figures, control_details = _controls(features, neurons, yardstick)
+    figures += control_figures
     if view is None or (features is None and neurons is None):
-        return not_computed(KEY, TITLE, CLAIM, _how(ctx), figures)
+        finding = not_computed(KEY, TITLE, CLAIM, _how(ctx), figures)
+        finding.details = control_details
+        return finding
     return Finding(
         key=KEY,
         title=TITLE,
@@ -94,10 +157,15 @@ def claim(ctx: FindingsContext) -> Finding:
         status="computed",
         figures=figures,
         note="Ours: for every unit of this model, the Pearson correlation of its activations with its "
-        "best match among the other model's units of the same kind, over the same held-out tokens.",
+        "best match among the other model's units of the same kind, over the same held-out tokens (fp32). "
+        "Brackets: 95% bootstrap interval of the median over units. The yardstick matches two SAEs "
+        "of one model that differ only in their seed: what A against B could reach.",
         links=[FindingLink(text="the best-match histograms, features against neurons", url=view.url)],
         details={
-            unit: item.model_dump(exclude={"edges", "counts"}) if item else None
-            for unit, item in (("features", features), ("neurons", neurons))
+            **{
+                unit: item.model_dump(exclude={"edges", "counts", "summary"}) if item else None
+                for unit, item in (("features", features), ("neurons", neurons))
+            },
+            **control_details,
         },
     )

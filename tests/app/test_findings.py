@@ -166,18 +166,30 @@ def test_interpretability_finding_carries_the_views_medians(
     figures = {f["name"]: f for f in finding["figures"]}
     for unit in ("features", "neurons"):
         logit = figures[f"median logit score, {unit}"]
+        low, high = local[unit]["ci"]["logit_score"]
         assert logit["ours"] == pytest.approx(local[unit]["median_logit_score"])
-        assert logit["ours_text"] == f"{local[unit]['median_logit_score']:.3g}"
-        assert figures[f"median simulation score (correlation), {unit}"]["ours"] == pytest.approx(
+        assert logit["ours_text"] == f"{local[unit]['median_logit_score']:.3g} [{low:.2f}, {high:.2f}]"
+        assert figures[f"median simulation score, every scoring token, {unit}"]["ours"] == pytest.approx(
             local[unit]["median_score"]
         )
+        # The headline: top-and-random windows (Bills et al.), with its bootstrap interval.
+        headline = figures[f"median top-and-random simulation score, {unit}"]
+        assert headline["ours"] == pytest.approx(local[unit]["median_score_top_random"])
+        low, high = finding["details"]["ci"][unit]["score_top_random"]
+        assert low <= headline["ours"] <= high
         assert finding["details"][unit]["n_scored"] == local[unit]["n_scored"] > 0
+    # The logit score's chance level is measured (a re-initialised model), not assumed.
+    baseline = finding["details"]["baseline_logit_score"]
+    assert baseline is not None and abs(baseline - 0.5) < 0.1
+    assert figures["logit score's chance level (measured: randomised model)"]["ours"] == pytest.approx(
+        baseline
+    )
     assert figures["median logit score, features"]["paper"] == 0.74
     assert figures["median logit score, neurons"]["paper"] == 0.53
     assert [link["url"] for link in finding["links"]] == [f"{runs['sae']['url']}/interpretability"]
     page = real_client.get(f"{runs['sae']['url']}/findings").text
     section = page[page.index('<section id="interpretability"') : page.index('<section id="splitting"')]
-    assert f'<td class="num ours">{local["features"]["median_logit_score"]:.3g}</td>' in section
+    assert f'<td class="num ours">{local["features"]["median_logit_score"]:.3g} [' in section
 
 
 def test_the_commands_shown_rebuild_the_runs_config(

@@ -25,6 +25,7 @@ from trainer.cli import main
 from trainer.schema import Run, Token, make_engine
 
 SMALL, LARGE, RUN_B = "tiny-paper-64", "tiny-paper-128", "tiny-paper-64-b"
+YARDSTICK = "tiny-paper-64-seed2"  # a second SAE of the main size on model A, SAE seed 2
 STAGES = ["corpus", "train-lm", "harvest", "train-sae", "evaluate", "analyze"]
 
 
@@ -44,6 +45,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         "64,128",
         "--seed-b",
         "1",
+        "--yardstick-seed",
+        "2",
     ]
     # Smaller than the tiny preset: this test is about the links, not the models.
     shorter = {
@@ -66,7 +69,8 @@ def client(study: SimpleNamespace) -> Iterator[TestClient]:
 
 def test_the_study_wrote_every_run(client: TestClient, study: SimpleNamespace) -> None:
     slugs = {run["slug"] for run in client.get("/api/runs").json()["runs"]}
-    assert slugs == {SMALL, LARGE, RUN_B, "tinystudy-neurons", "tinystudy-b-neurons"}
+    assert slugs == {SMALL, LARGE, RUN_B, YARDSTICK, "tinystudy-neurons", "tinystudy-b-neurons"}
+    assert (study.out_dir / "sae_paper_64_seed2").is_dir()
     assert (study.out_dir / "sae_paper_128").is_dir() and (study.out_dir / "tinystudy-b" / "lm").is_dir()
     assert (study.out_dir / "tinystudy-b" / "tokens").resolve() == (study.out_dir / "tokens").resolve()
 
@@ -123,6 +127,32 @@ def test_universality_histograms_for_features_and_neurons(client: TestClient) ->
     assert page.status_code == 200 and 'id="chart-universality"' in page.text
     summary = page.text[page.text.index('id="finding-universality"') :]
     assert f"features <strong>{features['median']:.3g}" in summary and "(paper 0.72)" in summary
+
+
+def test_universality_controls_yardstick_alive_and_density_medians(client: TestClient) -> None:
+    """Issue 21: the seed-only yardstick, medians over alive units and by density floor, each with
+    a bootstrap interval, in the view and in the findings' API entry."""
+    view = client.get(f"/api/runs/{SMALL}/universality").json()
+    [features] = view["features"]
+    summary = features["summary"]
+    assert summary["overall"]["median"] == pytest.approx(features["median"])
+    low, high = summary["overall"]["ci"]
+    assert low <= features["median"] <= high
+    assert summary["alive"]["n"] <= 64 and set(summary["by_density"]) == {"1e-05", "0.0001", "0.001"}
+    yardsticks = {(h["run"]["slug"], h["other"]["slug"]) for h in view["yardstick"]}
+    assert (SMALL, YARDSTICK) in yardsticks
+    entry = {f["key"]: f for f in client.get(f"/api/runs/{SMALL}/findings").json()["findings"]}[
+        "universality"
+    ]
+    details = entry["details"]
+    yardstick = next(h for h in view["yardstick"] if h["run"]["slug"] == SMALL)
+    assert details["yardstick_median"] == pytest.approx(yardstick["median"])
+    assert details["median_by_density"]["features"] == {
+        k: v["median"] for k, v in summary["by_density"].items()
+    }
+    assert details["ci"]["features"] == summary["overall"]["ci"]
+    page = client.get(f"/runs/{SMALL}/universality").text
+    assert "yardstick" in page and f'href="/runs/{YARDSTICK}"' in page
 
 
 def _children_in_large(path: Path) -> Counter[int]:

@@ -192,3 +192,67 @@ def test_sparse_cross_products_equal_the_dense_matmul() -> None:
     a = torch.relu(torch.randn(4096, 300) - 2.5)  # ~0.6% nonzero: the sparse product is chosen
     b = torch.relu(torch.randn(4096, 200) - 2.5)
     torch.testing.assert_close(_cross(a, b), a.T @ b, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- medians and the yardstick
+
+
+def _planted_pair(n_tokens: int = 200_000) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Features of A and their copies in B with known correlations: group g of 20 features fires on
+    a share `densities[g]` of the tokens, and B's copy of each is A's with independent noise mixed in
+    so that r = `targets[g]` (A's features 80-89 never fire)."""
+    generator = torch.Generator().manual_seed(0)
+    densities = np.array([3e-3, 3e-4, 3e-5, 5e-2])  # rare groups: below the 1e-4 and 1e-3 floors
+    targets = np.array([0.9, 0.7, 0.5, 0.3])
+    a = torch.zeros(n_tokens, 90)
+    b = torch.zeros(n_tokens, 90)
+    for group, (density, r) in enumerate(zip(densities, targets, strict=True)):
+        for unit in range(group * 20, group * 20 + 20):
+            on = torch.rand(n_tokens, generator=generator) < density
+            amplitude = torch.rand(n_tokens, generator=generator) + 1
+            a[:, unit] = on * amplitude
+            noise_on = torch.rand(n_tokens, generator=generator) < density
+            noise = noise_on * (torch.rand(n_tokens, generator=generator) + 1)
+            # b = r·a + √(1-r²)·n with a and n independent and alike: corr(a, b) = r.
+            b[:, unit] = r * a[:, unit] + math.sqrt(1 - r * r) * noise
+    return a, b, densities, targets
+
+
+def test_medians_by_density_recover_planted_correlations() -> None:
+    """Overall, alive and per-density-floor medians of a synthetic pair with known r per density
+    group: dead units count at 0 overall, not over the alive; a floor keeps only the denser groups."""
+    from trainer.analysis.matching import match_summary
+
+    a, b, _, _ = _planted_pair()
+    result = match_activations(_chunks(a, b, 20_000), 90, 90, k=1)
+    assert result.density_a is not None
+    np.testing.assert_allclose(result.density_a[:20].numpy(), 3e-3, rtol=0.2)
+    assert torch.all(result.density_a[80:] == 0)
+    summary = match_summary(result.a_to_b.best_correlation.numpy(), result.density_a.numpy(), n_resamples=200)
+    best = result.a_to_b.best_correlation.numpy()
+    # Each group's best match is its planted copy at about its planted r.
+    for group, r in enumerate([0.9, 0.7, 0.5, 0.3]):
+        assert abs(float(np.median(best[group * 20 : group * 20 + 20])) - r) < 0.08
+    assert summary["overall"]["n"] == 90 and summary["alive"]["n"] == 80
+    # Alive: groups r 0.9/0.7/0.5/0.3, 20 each -> median between 0.5 and 0.7; dead units pull overall below.
+    assert 0.5 - 0.08 < summary["alive"]["median"] < 0.7 + 0.08
+    assert summary["overall"]["median"] < summary["alive"]["median"]
+    by_density = summary["by_density"]
+    assert set(by_density) == {"1e-05", "0.0001", "0.001"}
+    assert by_density["0.001"]["n"] == 40  # groups at 3e-3 (r 0.9) and 5e-2 (r 0.3)
+    assert by_density["0.0001"]["n"] == 60  # and 3e-4 (r 0.7): median 0.7
+    assert abs(by_density["0.0001"]["median"] - 0.7) < 0.08
+    for entry in (summary["overall"], summary["alive"], *by_density.values()):
+        low, high = entry["ci"]
+        assert low <= entry["median"] <= high
+
+
+def test_bootstrap_interval_is_fixed_and_narrows_with_more_units() -> None:
+    from trainer.analysis.bootstrap import bootstrap_median
+
+    values = np.random.default_rng(1).normal(0.5, 0.2, 4000)
+    first, again = bootstrap_median(values, 300), bootstrap_median(values, 300)
+    assert first == again
+    small = bootstrap_median(values[:100], 300)
+    assert (first["ci"][1] - first["ci"][0]) < (small["ci"][1] - small["ci"][0])
+    assert bootstrap_median(np.array([]))["median"] is None

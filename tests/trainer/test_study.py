@@ -8,7 +8,7 @@ import pytest
 
 from trainer.cli import build_parser, config_from_args, main
 from trainer.config import preset_config
-from trainer.study import match_pairs, model_b_config, size_configs
+from trainer.study import match_pairs, model_b_config, size_configs, yardstick_config
 
 
 def test_a_comma_list_of_sizes_and_a_seed_for_model_b() -> None:
@@ -42,7 +42,29 @@ def test_one_size_and_no_seed_is_a_plain_run() -> None:
 def test_the_study_preset_builds_sizes_and_model_b() -> None:
     cfg = preset_config("study")
     assert cfg.study.sizes == (512, 1024, 2048, 4096) and cfg.study.seed_b == 1
-    assert len(match_pairs(cfg)) == 6 + 2  # every pair of sizes; A-B features and neurons
+    assert len(match_pairs(cfg)) == 6 + 1 + 2  # every pair of sizes; the yardstick; A-B features, neurons
+    assert ("study-topk-4096", "study-topk-4096-seed1") in match_pairs(cfg)
+
+
+def test_the_yardstick_is_a_second_sae_of_the_main_size_on_model_a() -> None:
+    args = build_parser().parse_args(
+        ["train-sae", "--preset", "tiny", "--d-sae", "256,64", "--yardstick-seed", "5", "--out-dir", "/tmp/s"]
+    )
+    cfg = config_from_args(args)
+    cfg_y = yardstick_config(cfg)
+    assert (
+        cfg_y is not None
+        and yardstick_config(config_from_args(build_parser().parse_args(["train-sae"]))) is None
+    )
+    assert (cfg_y.sae.seed, cfg_y.sae.d_sae, cfg_y.out_dir, cfg_y.model_name) == (
+        5,
+        256,
+        "/tmp/s",
+        cfg.model_name,
+    )
+    assert cfg_y.sae_dir == Path("/tmp/s/sae_paper_256_seed5") and cfg_y.slug == "tiny-paper-256-seed5"
+    assert cfg_y.activations_dir == cfg.activations_dir and cfg_y.lm_dir == cfg.lm_dir
+    assert ("tiny-paper-256", "tiny-paper-256-seed5") in match_pairs(cfg)
 
 
 def test_the_paper_preset_makes_the_study_comparisons_with_the_paper_recipe() -> None:

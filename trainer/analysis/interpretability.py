@@ -28,13 +28,14 @@ over the cache, no per-unit loop over the stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from trainer.analysis.bootstrap import bootstrap_median
 from trainer.analysis.llm_explainer import Evidence, LLMEndpoint, LLMRules, explain_units
 from trainer.analysis.stats import Windows
 from trainer.analysis.stream import GroupedTopK, SparseBatch
@@ -170,6 +171,13 @@ class Explanations:
     pairs: torch.Tensor  # [D, Kb] long: pair id (prev * V + cur; prev = V: context start)
     pair_weights: torch.Tensor  # [D, Kb] float64
     rest: torch.Tensor  # [D] float64: every other token
+    # A concept (a script or character class, `concepts.py`-style membership [C, V]) per unit: an
+    # unlisted token of the class predicts `concept_weight`; -1: none.
+    concept: torch.Tensor | None = None  # [D] long
+    concept_weight: torch.Tensor | None = None  # [D] float64
+    concept_share: torch.Tensor | None = None  # [D] share of its activation on the class's tokens
+    member: torch.Tensor | None = None  # [C, V] bool
+    concept_names: tuple[str, ...] = ()
 
     @property
     def n_units(self) -> int:
@@ -209,7 +217,12 @@ def predict(
     pair_hit, pair_value = _sorted_lookup(
         (rows * n_pairs + expl.pairs)[valid], expl.pair_weights[valid], units * n_pairs + pair
     )
-    prediction = torch.where(token_hit, token_value, expl.rest[units])
+    fallback = expl.rest[units]
+    if expl.concept is not None and expl.concept_weight is not None and expl.member is not None:
+        concept = expl.concept[units]
+        inside = (concept >= 0) & expl.member[concept.clamp_min(0), cur]
+        fallback = torch.where(inside, expl.concept_weight[units], fallback)
+    prediction = torch.where(token_hit, token_value, fallback)
     return torch.where(pair_hit, pair_value, prediction)
 
 
@@ -218,12 +231,8 @@ def base_weight(expl: Explanations, vocab: int) -> torch.Tensor:
     if that token is listed, else the rest weight)."""
     units = torch.arange(expl.n_units).unsqueeze(1).expand_as(expl.pairs)
     cur = expl.pairs.clamp_min(0) % vocab
-    prev_free = Explanations(
-        expl.token_ids,
-        expl.token_weights,
-        torch.full_like(expl.pairs[:, :0], -1),
-        expl.pair_weights[:, :0],
-        expl.rest,
+    prev_free = replace(
+        expl, pairs=torch.full_like(expl.pairs[:, :0], -1), pair_weights=expl.pair_weights[:, :0]
     )
     return predict(prev_free, units, cur, cur, vocab)
 
@@ -303,6 +312,150 @@ def local_explanations(
     return Explanations(token_ids, token_weights, pairs, pair_weights, rest), held_pair_sum
 
 
+# ---------------------------------------------------------------------------- concepts
+
+# Scripts by code point, and the UTF-8 lead bytes of their characters (a byte-level token may hold
+# the first byte of a split character).
+SCRIPTS: tuple[tuple[str, tuple[tuple[int, int], ...], range | None], ...] = (
+    (
+        "Arabic script",
+        ((0x0600, 0x06FF), (0x0750, 0x077F), (0x08A0, 0x08FF), (0xFB50, 0xFDFF), (0xFE70, 0xFEFF)),
+        range(0xD8, 0xDC),
+    ),
+    ("Hebrew script", ((0x0590, 0x05FF), (0xFB1D, 0xFB4F)), range(0xD6, 0xD8)),
+    ("Cyrillic script", ((0x0400, 0x052F),), range(0xD0, 0xD5)),
+    ("Greek script", ((0x0370, 0x03FF), (0x1F00, 0x1FFF)), range(0xCD, 0xD0)),
+    ("Devanagari script", ((0x0900, 0x097F),), None),
+    ("Thai script", ((0x0E00, 0x0E7F),), None),
+    ("Hangul", ((0xAC00, 0xD7AF), (0x1100, 0x11FF), (0x3130, 0x318F)), range(0xEA, 0xEE)),
+    (
+        "CJK characters",
+        ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x3040, 0x30FF), (0x3000, 0x303F)),
+        range(0xE3, 0xEA),
+    ),
+)
+CHARACTER_CLASSES = (
+    "digits",
+    "hexadecimal",
+    "whitespace",
+    "punctuation",
+    "upper-case letters",
+    "non-ASCII text",
+)
+CONCEPTS = tuple(name for name, _, _ in SCRIPTS) + CHARACTER_CLASSES  # most specific first
+CONCEPT_SHARE = 0.5  # a unit's concept holds at least this share of its activation ...
+CONCEPT_TOKENS = 3  # ... spread over at least this many of the class's tokens
+
+
+def _in_script(raw: bytes, ranges: tuple[tuple[int, int], ...], leads: range | None) -> bool:
+    text = "".join(raw.decode("utf-8", "ignore").split())
+    lead_bytes = [b for b in raw if b >= 0xC0]
+    if not text and not lead_bytes:
+        return False
+    chars_ok = all(any(low <= ord(ch) <= high for low, high in ranges) for ch in text)
+    leads_ok = all(b in leads for b in lead_bytes) if leads is not None else not lead_bytes or bool(text)
+    return chars_ok and leads_ok and (bool(text) or leads is not None)
+
+
+def _in_class(raw: bytes, name: str) -> bool:
+    import unicodedata
+
+    text = raw.decode("utf-8", "ignore")
+    stripped = "".join(text.split())
+    if name == "whitespace":
+        return bool(text) and not stripped and len(text) == len(raw)
+    if name == "non-ASCII text":
+        return any(b >= 0x80 for b in raw) and not any(ch.isascii() and ch.isalnum() for ch in stripped)
+    if not stripped or len(stripped.encode()) != len(raw.strip()):  # a split character: not these
+        return False
+    if name == "digits":
+        return all("0" <= ch <= "9" for ch in stripped)
+    if name == "hexadecimal":
+        return (
+            all(ch in "0123456789abcdefABCDEF" for ch in stripped)
+            and any(ch.isdigit() for ch in stripped)
+            and any(ch.isalpha() for ch in stripped)
+        )
+    if name == "punctuation":
+        return all(unicodedata.category(ch)[0] in "PS" for ch in stripped)
+    if name == "upper-case letters":
+        return (
+            sum(ch.isalpha() for ch in stripped) >= 2
+            and all(ch.isascii() and ch.isupper() for ch in stripped if ch.isalpha())
+            and all(ch.isalpha() for ch in stripped)
+        )
+    raise ValueError(f"unknown character class {name!r}")
+
+
+def token_classes(token_bytes: list[bytes]) -> torch.Tensor:
+    """[C, V] bool: which tokens belong to each of `CONCEPTS` (scripts, then character classes)."""
+    member = torch.zeros(len(CONCEPTS), len(token_bytes), dtype=torch.bool)
+    for v, raw in enumerate(token_bytes):
+        for c, (_, ranges, leads) in enumerate(SCRIPTS):
+            member[c, v] = _in_script(raw, ranges, leads)
+        for c, name in enumerate(CHARACTER_CLASSES, start=len(SCRIPTS)):
+            member[c, v] = _in_class(raw, name)
+    return member
+
+
+def _listed(expl: Explanations, units: slice, vocab: int) -> torch.Tensor:
+    """[chunk, V] bool: the tokens each unit's explanation lists."""
+    ids = expl.token_ids[units]
+    listed = torch.zeros(ids.shape[0], vocab + 1, dtype=torch.bool)
+    listed.scatter_(1, torch.where(ids >= 0, ids, vocab), True)
+    return listed[:, :vocab]
+
+
+def concept_sums(
+    expl: Explanations, count: torch.Tensor, token_sum: torch.Tensor, whole: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, over the unlisted tokens of its concept (`whole`: every unlisted token): their
+    occurrences (`count` [V]) and the unit's activation on them (`token_sum` [V, D]):
+    ([D], [D]) float64; 0 without a concept."""
+    assert expl.concept is not None and expl.member is not None  # nosec B101
+    n, vocab = expl.n_units, count.numel()
+    total_count, total_sum = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    for start in range(0, n, CHUNK):
+        units = slice(start, start + CHUNK)
+        concept = expl.concept[units]
+        inside = ~_listed(expl, units, vocab)
+        if not whole:
+            inside &= expl.member[concept.clamp_min(0)] & (concept >= 0).unsqueeze(1)
+        total_count[units] = (inside * count.double()).sum(1)
+        total_sum[units] = (inside * token_sum[:, units].T.double()).sum(1)
+    return total_count, total_sum
+
+
+def add_concepts(expl: Explanations, stats: SplitStats, member: torch.Tensor) -> Explanations:
+    """Give each unit the first concept of `CONCEPTS` holding most of its explanation-split
+    activation over several of its tokens ('Arabic script', 'digits', ...): then every unlisted token
+    of that class predicts the class's mean activation there, and the rest weight is re-fitted on
+    the tokens left. Units without such a concept keep their explanation."""
+    n = expl.n_units
+    concept = torch.full((n,), -1, dtype=torch.long)
+    share_of = torch.zeros(n, dtype=torch.float64)
+    count = stats.explain_count.double()
+    member_f = member.double()
+    for start in range(0, n, CHUNK):
+        units = slice(start, start + CHUNK)
+        sums = stats.explain_token_sum[:, units].T.double().clamp_min(0)  # [chunk, V]
+        share = (sums @ member_f.T) / sums.sum(1, keepdim=True).clamp_min(1e-300)  # [chunk, C]
+        spread = (sums > 0).double() @ member_f.T
+        ok = (share >= CONCEPT_SHARE) & (spread >= CONCEPT_TOKENS)
+        first = ok.double().argmax(1)  # the first (most specific) class that qualifies
+        concept[units] = torch.where(ok.any(1), first, -1)
+        share_of[units] = torch.where(ok.any(1), share.gather(1, first.unsqueeze(1)).squeeze(1), 0.0)
+    with_concept = replace(expl, concept=concept, member=member, concept_names=CONCEPTS)
+    count_c, sum_c = concept_sums(with_concept, count, stats.explain_token_sum)
+    count_u, sum_u = concept_sums(with_concept, count, stats.explain_token_sum, whole=True)
+    # Least squares on the explanation split: the class's mean, and the rest's without it (a
+    # concept whose tokens are all listed names the unit but predicts nothing more).
+    fitted = (concept >= 0) & (count_c > 0) & (count_u - count_c > 0)
+    weight = torch.where(fitted, sum_c / count_c.clamp_min(1), expl.rest)
+    rest = torch.where(fitted, (sum_u - sum_c).clamp_min(0) / (count_u - count_c).clamp_min(1), expl.rest)
+    return replace(with_concept, concept_weight=weight, concept_share=share_of, rest=rest)
+
+
 # ---------------------------------------------------------------------------- scores
 
 
@@ -355,6 +508,15 @@ def held_moments(
     rest = expl.rest
     n_held = float(stats.n_held)
     sp, spp, spa = rest * n_held, rest.square() * n_held, rest * stats.held_sum
+    if expl.concept is not None and expl.concept_weight is not None:
+        # The concept: unlisted tokens of its class predict its weight instead of the rest weight.
+        count_c, activation_c = concept_sums(
+            expl, stats.held_count, total_token_sum - stats.explain_token_sum
+        )
+        shift = expl.concept_weight - rest
+        sp = sp + shift * count_c
+        spp = spp + (expl.concept_weight.square() - rest.square()) * count_c
+        spa = spa + shift * activation_c
     # Tokens: held count and held activation sum of each listed (unit, token).
     valid = expl.token_ids >= 0
     ids = expl.token_ids.clamp_min(0)
@@ -430,6 +592,49 @@ def logit_scores(
     return percentile_score, top_fraction
 
 
+RANDOM_MODELS = 5  # re-initialisations the chance level is averaged over
+
+
+def logit_baselines(
+    next_sum: torch.Tensor,
+    decoder: torch.Tensor,
+    logit_weights: torch.Tensor,
+    random_logit_weights: Sequence[torch.Tensor],
+    k: int,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The logit score's chance level, measured rather than assumed: the median logit score of the
+    same units against the same next tokens (i) through randomised models' direct paths (the
+    weights re-initialised; the paper's 0.5 "randomised model"): "random_model" the mean of their
+    medians, "random_model_medians" each; (ii) with random unit directions in place of the units'
+    decoder vectors, through this model ("random_directions"). A dictionary's decoder vectors share
+    a direction (MLP activations are non-negative), so one re-initialisation ranks the frequent
+    next tokens alike for every feature: its median strays from 0.5 by chance, hence several."""
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.nn.functional.normalize(torch.randn(decoder.shape, generator=generator), dim=1)
+    random_directions = _median(logit_scores(next_sum, directions, logit_weights, k)[0])
+    medians = [_median(logit_scores(next_sum, decoder, weights, k)[0]) for weights in random_logit_weights]
+    defined = [m for m in medians if m is not None]
+    return {
+        "random_model": sum(defined) / len(defined) if defined else None,
+        "random_model_medians": medians,
+        "random_directions": random_directions,
+    }
+
+
+def randomised_logit_weights(model: Any, seed: int = 0) -> torch.Tensor | None:
+    """[d_mlp, vocab] direct logit weights of a freshly initialised copy of our one-layer model
+    (same config, seed `seed`); None for a model we cannot re-initialise."""
+    from trainer.model import OneLayerTransformer
+
+    if not isinstance(model, OneLayerTransformer):
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = OneLayerTransformer(model.cfg)
+    return fresh.direct_logit_weights().detach().float()
+
+
 # ---------------------------------------------------------------------------- rows
 
 
@@ -447,11 +652,17 @@ def describe(
     rest: float,
     texts: list[str],
     vocab: int,
+    concept: dict[str, Any] | None = None,
 ) -> str:
-    """One line a person can read, e.g. '"·the" 2.3, "·a" 1.1; after "·of": "·the" 4.1; else 0.01'."""
-    if not token_ids and not pairs:
+    """One line a person can read, e.g. '"·the" 2.3, "·a" 1.1; after "·of": "·the" 4.1; else 0.01',
+    led by its concept if it has one ('Arabic script (84% of its activation), 1.9 per token; …')."""
+    if not token_ids and not pairs and concept is None:
         return "never fired on the explanation split" if rest == 0 else f"about {rest:.3g} everywhere"
     parts = []
+    if concept is not None:
+        parts.append(
+            f"{concept['name']} ({concept['share']:.0%} of its activation), {concept['weight']:.3g} per token"
+        )
     shown = [f"{_quoted(t, texts, vocab)} {w:.3g}" for t, w in zip(token_ids, token_weights, strict=True)][
         :SHOWN_TOKENS
     ]
@@ -479,7 +690,15 @@ def rules_of(expl: Explanations, unit: int, vocab: int) -> dict[str, Any]:
         contexts.append(
             {"previous_id": None if prev >= vocab else prev, "token_id": cur, "weight": float(weight)}
         )
-    return {"tokens": tokens, "contexts": contexts, "rest": float(expl.rest[unit])}
+    concept = None
+    if expl.concept is not None and int(expl.concept[unit]) >= 0:
+        assert expl.concept_weight is not None and expl.concept_share is not None  # nosec B101
+        concept = {
+            "name": expl.concept_names[int(expl.concept[unit])],
+            "weight": float(expl.concept_weight[unit]),
+            "share": float(expl.concept_share[unit]),
+        }
+    return {"tokens": tokens, "contexts": contexts, "rest": float(expl.rest[unit]), "concept": concept}
 
 
 def _finite(value: float) -> float | None:
@@ -515,6 +734,7 @@ def interpretation_rows(
                 rules["rest"],
                 texts,
                 vocab,
+                rules["concept"],
             )
         )
         rows.append(
@@ -624,16 +844,23 @@ def interpret_units(
     cfg: AnalysisConfig,
     texts: list[str],
     log: Callable[[str], None] = print,
+    random_logit_weights: Sequence[torch.Tensor] = (),
+    token_bytes: list[bytes] | None = None,
 ) -> InterpretabilityResult:
     """Explain, simulate and score every unit of an analysed stream (`batches`: the re-iterable
     sparse cache; `total_token_sum` [V, D] the activation summed per input token over the whole
-    stream; `top` each unit's top example windows with their activations)."""
+    stream; `top` each unit's top example windows with their activations; `random_logit_weights`
+    randomised models' direct logit weights, for the measured chance level; `token_bytes` each
+    token's bytes, for its script and character classes: without them, no concepts)."""
     n_units = decoder.shape[0]
     split = split_stream(tokens, n_ctx, vocab)
     stats = split_pass(batches, split, n_units, cfg.explain_candidates)
     expl, held_pair_sum = local_explanations(
         batches, split, stats, n_units, cfg.explain_tokens, cfg.explain_contexts
     )
+    # Concepts, not only tokens: a script or character class holding most of a unit's activation.
+    if token_bytes is not None and len(token_bytes) >= vocab:
+        expl = add_concepts(expl, stats, token_classes(token_bytes[:vocab]))
     scores = score_explanations(expl, split, stats, total_token_sum, held_pair_sum, top)
     logit_score, logit_top = logit_scores(stats.next_sum, decoder, logit_weights, cfg.n_logit_tokens)
     logit = {"logit_score": logit_score, "logit_top_fraction": logit_top}
@@ -648,7 +875,23 @@ def interpret_units(
         "median_logit_top_fraction": _median(logit_top),
         "explanation_tokens": stats.n_explain,
         "scoring_tokens": stats.n_held,
+        # 95% bootstrap intervals of the medians over units (the headline: top + random).
+        "ci": {
+            name: bootstrap_median(values.numpy())["ci"]
+            for name, values in (
+                ("score_top_random", scores["score_top_random"]),
+                ("score", scores["score"]),
+                ("logit_score", logit_score),
+            )
+        },
     }
+    baselines = logit_baselines(
+        stats.next_sum, decoder, logit_weights, random_logit_weights, cfg.n_logit_tokens
+    )
+    summary["baseline_logit_score"] = (
+        baselines["random_model"] if baselines["random_model"] is not None else baselines["random_directions"]
+    )
+    summary["baseline_logit_scores"] = baselines
 
     endpoint = LLMEndpoint.from_settings(cfg.llm_url, cfg.llm_model, cfg.llm_timeout, cfg.llm_retries)
     if endpoint is not None:

@@ -17,10 +17,14 @@ one model; logit weights across models), and only those cross products are accum
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+
+from trainer.analysis.bootstrap import N_BOOTSTRAP, bootstrap_median
 
 MAX_DENSE_PAIRS = 2**25  # a float64 [n_a, n_b] table of 256 MB
 
@@ -56,6 +60,8 @@ class CorrelationAccumulator:
         self.sum_b = torch.zeros(n_b, dtype=torch.float64)
         self.sumsq_a = torch.zeros(n_a, dtype=torch.float64)
         self.sumsq_b = torch.zeros(n_b, dtype=torch.float64)
+        self.fires_a = torch.zeros(n_a, dtype=torch.float64)  # tokens where each unit is nonzero
+        self.fires_b = torch.zeros(n_b, dtype=torch.float64)
         shape = (n_a, n_b) if candidates is None else tuple(candidates.shape)
         self.cross = torch.zeros(shape, dtype=torch.float64)
 
@@ -67,6 +73,8 @@ class CorrelationAccumulator:
         self.sum_b += b.sum(0).double()
         self.sumsq_a += a.square().sum(0).double()
         self.sumsq_b += b.square().sum(0).double()
+        self.fires_a += (a != 0).sum(0).double()
+        self.fires_b += (b != 0).sum(0).double()
         if self.candidates is not None:
             self.cross += _candidate_cross(a, b, self.candidates).double()
         else:
@@ -149,6 +157,8 @@ class PairResult:
     a_to_b: Matches
     b_to_a: Matches
     n_tokens: int
+    density_a: torch.Tensor | None = None  # [n_a] share of the tokens where each unit fired
+    density_b: torch.Tensor | None = None
 
 
 class PairMatcher:
@@ -185,12 +195,18 @@ class PairMatcher:
 
     def result(self, k: int) -> PairResult:
         table = self.forward.correlation()
+        n = max(self.forward.n_tokens, 1)
+        density_a, density_b = self.forward.fires_a / n, self.forward.fires_b / n
         if self.backward is None:
-            return PairResult(best_matches(table, k), best_matches(table.T, k), self.forward.n_tokens)
+            return PairResult(
+                best_matches(table, k), best_matches(table.T, k), self.forward.n_tokens, density_a, density_b
+            )
         return PairResult(
             best_matches(table, k, self.forward.candidates),
             best_matches(self.backward.correlation(), k, self.backward.candidates),
             self.forward.n_tokens,
+            density_a,
+            density_b,
         )
 
 
@@ -223,3 +239,31 @@ def best_match_histogram(best: torch.Tensor, bins: int = 40) -> dict[str, object
         "mean": float(values.mean()) if values.numel() else None,
         "n": int(values.numel()),
     }
+
+
+# ---------------------------------------------------------------------------- medians with intervals
+
+DENSITY_FLOORS = (1e-5, 1e-4, 1e-3)  # the issue's bins: features denser than each floor
+
+
+def match_summary(
+    best: np.ndarray | torch.Tensor,
+    density: np.ndarray | torch.Tensor | None,
+    floors: Sequence[float] = DENSITY_FLOORS,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The best-match medians of one direction, each with a bootstrap interval: over all units
+    ("overall", dead ones counted at their r of 0), over the alive ones (fired at least once on the
+    matching tokens) and over those at least as dense as each floor ("by_density", keyed by the
+    floor as text, e.g. "1e-05")."""
+    best = np.asarray(best, dtype=np.float64)
+    out: dict[str, Any] = {"overall": bootstrap_median(best, n_resamples, seed)}
+    if density is None:
+        return out
+    density = np.asarray(density, dtype=np.float64)
+    out["alive"] = bootstrap_median(best[density > 0], n_resamples, seed)
+    out["by_density"] = {
+        f"{floor:g}": bootstrap_median(best[density >= floor], n_resamples, seed) for floor in floors
+    }
+    return out
