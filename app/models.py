@@ -374,6 +374,20 @@ class Finding(BaseModel):
     )
     links: list[FindingLink] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict, description="The claim's own extra numbers.")
+    # The controls of the universality and interpretability claims, at the entry's top level so
+    # that other tools find them in one place (null on the other claims, and where not computed).
+    yardstick_median: float | None = Field(
+        default=None, description="Universality: median best match of two SAEs of one model (SAE seeds)."
+    )
+    median_by_density: dict[str, float | None] | None = Field(
+        default=None, description="Universality: the features' median best match by density floor."
+    )
+    baseline_logit_score: float | None = Field(
+        default=None, description="Interpretability: the logit score's chance level, measured."
+    )
+    ci: dict[str, Any] | None = Field(
+        default=None, description="A 95% bootstrap interval per median (by unit), where computed."
+    )
 
 
 class CaseStudySummary(BaseModel):

@@ -3,6 +3,8 @@ automatic interpretability scores `analyze` stores (app/interpretability.py read
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.findings import commands
 from app.findings.context import FindingsContext, figure, not_computed
 from app.interpretability import PAPER, ScoreGroup, interpretability_comparison
@@ -108,16 +110,17 @@ def claim(ctx: FindingsContext) -> Finding:
     if features is None and neurons is None:
         reason = f"{data.message[:1].upper()}{data.message[1:]}. " if data.message else ""
         return not_computed(KEY, TITLE, CLAIM, reason + how, figures, view if data.available else [])
+    baseline: float | None = next(
+        (g.baseline_logit_score for g in (features, neurons) if g and g.baseline_logit_score), None
+    )
+    ci: dict[str, Any] = {
+        unit: group.ci if group else None for unit, group in (("features", features), ("neurons", neurons))
+    }
     details = {
         "explainer": (features or neurons).explainer,  # type: ignore[union-attr]
         "paper": data.paper,
-        "baseline_logit_score": next(
-            (g.baseline_logit_score for g in (features, neurons) if g and g.baseline_logit_score), None
-        ),
-        "ci": {
-            unit: group.ci if group else None
-            for unit, group in (("features", features), ("neurons", neurons))
-        },
+        "baseline_logit_score": baseline,
+        "ci": ci,
         **{
             unit: group.model_dump(exclude={"scores", "logit_scores", "top_random_scores"}) if group else None
             for unit, group in (("features", features), ("neurons", neurons))
@@ -134,4 +137,6 @@ def claim(ctx: FindingsContext) -> Finding:
         + (f" Missing: {data.message}." if data.message else ""),
         links=view,
         details=details,
+        baseline_logit_score=baseline,
+        ci=ci,
     )

@@ -149,8 +149,8 @@ def claim(ctx: FindingsContext) -> Finding:
     if view is None or (features is None and neurons is None):
         finding = not_computed(KEY, TITLE, CLAIM, _how(ctx), figures)
         finding.details = control_details
-        return finding
-    return Finding(
+        return _with_controls(finding, control_details)
+    finding = Finding(
         key=KEY,
         title=TITLE,
         claim=CLAIM,
@@ -169,3 +169,13 @@ def claim(ctx: FindingsContext) -> Finding:
             **control_details,
         },
     )
+    return _with_controls(finding, control_details)
+
+
+def _with_controls(finding: Finding, controls: dict[str, Any]) -> Finding:
+    """The API contract's top-level fields: the yardstick, the features' medians by density, CIs."""
+    finding.yardstick_median = controls.get("yardstick_median")
+    by_density = controls.get("median_by_density", {}).get("features")
+    finding.median_by_density = dict(by_density) if by_density else None
+    finding.ci = controls.get("ci") or None
+    return finding
