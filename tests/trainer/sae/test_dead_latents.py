@@ -42,6 +42,7 @@ def test_jumprelu_preact_loss_keeps_latents_alive(tmp_path: Path, planted_file) 
     off = SAEConfig(**common, target_l0=planted_l0, jumprelu_preact_coefficient=0.0)  # type: ignore[arg-type]
     with_loss = held_out_dead_share(cfg, path, held_out, tmp_path / "on")
     without = held_out_dead_share(off, path, held_out, tmp_path / "off")
+    # Measured (issue 22), seed 0: with 0.102 (native AVX-512), 0.100 (AVX2 kernels); without 0.250, 0.252.
     assert with_loss < 0.16 < without, (with_loss, without)
 
 

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.mark.parametrize("variant", ["paper", "l1_decnorm", "topk", "batchtopk", "jumprelu"])
 def test_every_variant_trains_without_nan(data_file, variant: str) -> None:
     path, _ = data_file
-    cfg = sae_cfg(variant=variant, l1_coefficient=2.0, l1_warmup_fraction=0.05)
+    # batchtopk_topk_fraction 0: batchtopk's own step from the first (not topk's, its default start).
+    cfg = sae_cfg(variant=variant, l1_coefficient=2.0, l1_warmup_fraction=0.05, batchtopk_topk_fraction=0.0)
     source = open_activation_source(path, 32, 256)
     state = init_train_state(cfg, source)
     stats = [train_step(state, next(source)) for _ in range(25)]
