@@ -128,6 +128,9 @@ class SAEConfig:
     # its threshold until it fires again (demo activations, target L0 16: 20% dead on held-out text
     # without, 3.3% with 0.01 at about the same FVU, 2.2% with 0.03 at a worse one). 0: off.
     jumprelu_preact_coefficient: float = 0.01
+    # batchtopk: the first this fraction of the steps train as topk (each row's k), the rest on the
+    # batch's top k·N (trainer.sae.variants.batchtopk explains why). 0: the batch's from the start.
+    batchtopk_topk_fraction: float = 0.8
     # λ is adapted during training so that L0 lands here (paper, l1_decnorm, jumprelu): see
     # trainer.sae.train.adapt_sparsity_coefficient. None: λ stays l1_coefficient.
     target_l0: float | None = None
@@ -184,6 +187,7 @@ class SAEConfig:
             "sae.lr_warmup_fraction and sae.lr_decay_fraction must be >= 0 and sum to at most 1",
         )
         _check(self.revive_rows >= 0, "sae.revive_rows must be >= 0")
+        _check(0 <= self.batchtopk_topk_fraction <= 1, "sae.batchtopk_topk_fraction must be in [0, 1]")
         _check(self.init_norm is None or self.init_norm > 0, "sae.init_norm must be positive")
         widths = self.matryoshka_widths
         _check(

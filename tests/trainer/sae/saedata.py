@@ -102,3 +102,33 @@ def planted_superposition(
     magnitudes = np.where(active, 0.5 + rng.exponential(1.0, (n_rows, n_features)), 0.0)
     rows = magnitudes @ directions + noise * rng.standard_normal((n_rows, d_in))
     return rows.astype(np.float32), directions, float(active.sum(1).mean())
+
+
+def overcomplete_superposition(
+    n_rows: int,
+    d_in: int = 16,
+    n_groups: int = 32,
+    group_size: int = 4,
+    p_group: float = 0.03,
+    p_member: float = 0.6,
+    noise: float = 0.02,
+    seed: int = 0,
+    uniform: bool = False,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """An overcomplete planted set: n_groups · group_size (8 × d_in by default) random unit
+    directions in d_in dimensions, in groups that fire together: a group is on in a row with
+    probability p_group, and then each of its members with probability p_member, with a magnitude
+    0.5 + Exp(1); plus Gaussian noise. Returns (rows [n_rows, d_in] fp32, directions
+    [n_features, d_in], the planted mean L0)."""
+    rng = np.random.default_rng(seed)
+    n_features = n_groups * group_size
+    directions = rng.standard_normal((n_features, d_in))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    group_on = rng.random((n_rows, n_groups)) < p_group
+    active = np.repeat(group_on, group_size, axis=1) & (rng.random((n_rows, n_features)) < p_member)
+    spread = (
+        rng.uniform(0.0, 1.0, (n_rows, n_features)) if uniform else rng.exponential(1.0, (n_rows, n_features))
+    )
+    magnitudes = np.where(active, 0.5 + spread, 0.0)
+    rows = magnitudes @ directions + noise * rng.standard_normal((n_rows, d_in))
+    return rows.astype(np.float32), directions, float(active.sum(1).mean())

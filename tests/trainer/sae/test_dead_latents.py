@@ -42,6 +42,7 @@ def test_jumprelu_preact_loss_keeps_latents_alive(tmp_path: Path, planted_file) 
     off = SAEConfig(**common, target_l0=planted_l0, jumprelu_preact_coefficient=0.0)  # type: ignore[arg-type]
     with_loss = held_out_dead_share(cfg, path, held_out, tmp_path / "on")
     without = held_out_dead_share(off, path, held_out, tmp_path / "off")
+    # Measured (issue 22), seed 0: with 0.102 (native AVX-512), 0.100 (AVX2 kernels); without 0.250, 0.252.
     assert with_loss < 0.16 < without, (with_loss, without)
 
 
@@ -58,9 +59,9 @@ def test_topk_resamples_dead_latents_early_by_default(tmp_path: Path, data_file)
 
 
 def test_topk_revives_dead_latents_by_their_bias(tmp_path: Path, planted_file) -> None:
-    """At k = 1, without resampling, TopK loses ~40% of its latents on held-out rows with AuxK
-    alone; raising a dead latent's b_enc until it wins on a row of the batch (the default) keeps
-    all but a few, at about the same FVU."""
+    """At k = 1, without resampling, TopK loses half its latents on held-out rows with AuxK alone;
+    raising a dead latent's b_enc until it wins on a row of the batch (the default) keeps all but
+    about an eighth, at about the same FVU."""
     path, _, held_out = planted_file
     common = {"d_in": 64, "d_sae": 512, "batch_size": 1024, "n_tokens": 200_000, "variant": "topk", "k": 1}
     cfg = SAEConfig(**common, resample_fractions=())  # type: ignore[arg-type]
@@ -68,7 +69,9 @@ def test_topk_revives_dead_latents_by_their_bias(tmp_path: Path, planted_file) -
     off = SAEConfig(**common, resample_fractions=(), revive_rows=0)  # type: ignore[arg-type]
     revived = held_out_dead_share(cfg, path, held_out, tmp_path / "on")
     without = held_out_dead_share(off, path, held_out, tmp_path / "off")
-    assert revived < 0.15 < without, (revived, without)
+    # Measured over seeds 0-2 and CPU kernels (native AVX-512, AVX2, scalar; issue 22): revived
+    # 0.104-0.147 here, 0.158 on an Intel AMX machine; without 0.477-0.494 everywhere.
+    assert revived < 0.22 and without > 0.4, (revived, without)
 
 
 def test_revive_raises_only_dead_biases_to_their_rows_threshold() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from saedata import mean_max_cosine, planted_superposition
+from saedata import mean_max_cosine, overcomplete_superposition, planted_superposition
 
 from trainer.cli import main
 from trainer.sae import SparseAutoencoder
@@ -56,3 +56,37 @@ def test_an_untrained_sae_is_far_from_the_planted_directions(planted) -> None:
     for variant in ("paper", "topk"):
         sae = SparseAutoencoder(SAEConfig(d_in=64, d_sae=D_SAE, variant=variant))  # type: ignore[arg-type]
         assert mean_max_cosine(directions, sae.W_dec) < 0.6
+
+
+# ---------------------------------------------------------------------------- overcomplete
+
+
+# Mean max cosine each variant's defaults reach on saedata.overcomplete_superposition (128 directions
+# in 16 dimensions, in groups of 4 that fire together; 1M tokens), measured (issue 22): topk 0.951;
+# batchtopk 0.910-0.925 over seeds 0-2 (0.67 before it began as topk); paper 0.923-0.928 over seeds
+# 0-1 (0.891 at its former lr 3e-3). Not yet recovered, so bounded where they stand, to catch a
+# regression: l1_decnorm 0.864 (L1 merges co-occurring directions, as paper's did) and jumprelu 0.705
+# (a fifth to a quarter of its latents dead at the planted L0).
+OVERCOMPLETE_BOUNDS = {"topk": 0.9, "batchtopk": 0.88, "paper": 0.9, "l1_decnorm": 0.83, "jumprelu": 0.65}
+
+
+@pytest.fixture(scope="module")
+def overcomplete(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, float]:
+    rows, directions, planted_l0 = overcomplete_superposition(120_000)
+    path = tmp_path_factory.mktemp("overcomplete") / "acts.npy"
+    np.save(path, rows[:100_000])  # the rows the bounds were measured on
+    return path, directions, planted_l0
+
+
+@pytest.mark.parametrize("variant", ["paper", "l1_decnorm", "jumprelu", "topk", "batchtopk"])
+def test_every_variant_recovers_an_overcomplete_set(tmp_path: Path, overcomplete, variant: str) -> None:
+    """8 × more planted directions than dimensions, co-occurring in groups: the case where the batch
+    allocation and the L1 penalty lose directions that TopK finds (issue 22)."""
+    path, directions, planted_l0 = overcomplete
+    sparsity = ["--k", "2"] if "topk" in variant else ["--target-l0", f"{planted_l0:.2f}"]
+    argv = ["train-sae", "--preset", "tiny", "--out-dir", str(tmp_path), "--activations", str(path)]
+    argv += ["--variant", variant, "--d-sae", "256", "--sae-tokens", "1000000", *sparsity]
+    argv += ["--set", "sae.batch_size=1024", "--set", "sae.checkpoint_interval=400"]
+    assert main(argv) == 0
+    sae = SparseAutoencoder.load(tmp_path / f"sae_{variant}_256")
+    assert mean_max_cosine(directions, sae.W_dec) >= OVERCOMPLETE_BOUNDS[variant]

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.mark.parametrize("variant", ["paper", "l1_decnorm", "topk", "batchtopk", "jumprelu"])
 def test_every_variant_trains_without_nan(data_file, variant: str) -> None:
     path, _ = data_file
-    cfg = sae_cfg(variant=variant, l1_coefficient=2.0, l1_warmup_fraction=0.05)
+    # batchtopk_topk_fraction 0: batchtopk's own step from the first (not topk's, its default start).
+    cfg = sae_cfg(variant=variant, l1_coefficient=2.0, l1_warmup_fraction=0.05, batchtopk_topk_fraction=0.0)
     source = open_activation_source(path, 32, 256)
     state = init_train_state(cfg, source)
     stats = [train_step(state, next(source)) for _ in range(25)]
@@ -39,7 +40,8 @@ def test_every_variant_trains_without_nan(data_file, variant: str) -> None:
     if variant == "topk":
         assert 0 < l0 <= 3 and all(s.l0 <= 3 for s in stats)
     elif variant == "batchtopk":
-        # k·N active over the batch, so k per input on average; bf16 ties at the threshold add a few.
+        # k·N active over the batch, so k per input on average; bf16 ties at the threshold add a few
+        # (max 3.094-3.098 over seeds 0-1 on native, AVX2 and scalar kernels; issue 22).
         assert all(3 <= s.l0 < 3.15 for s in stats)
         assert float(state.sae.batchtopk_threshold) > 0
     elif variant == "jumprelu":  # its thresholds start above most pre-activations: L0 grows from ~0
@@ -62,7 +64,9 @@ def test_batchtopk_inference_keeps_k_per_row_on_training_rows(data_file, tmp_pat
     rows = torch.from_numpy(np.load(path)[:8192])
     with torch.no_grad():
         l0 = float((sae.encode(rows) > 0).float().sum(1).mean())
-    assert 3.8 <= l0 <= 4.2, l0
+    # 4.02-4.12 over seeds 0-2 and native / AVX2 / scalar kernels (issue 22); the running average
+    # it replaced let through ~20% too few.
+    assert 3.7 <= l0 <= 4.3, l0
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -123,7 +123,9 @@ def test_batchtopk_keeps_k_times_n_at_train_and_uses_threshold_at_inference() ->
 def test_batchtopk_revive_lifts_dead_latents_to_the_batch_threshold() -> None:
     """BatchTopK's sparse step reports, for each dead latent, how far its best pre-activation of the
     batch is below the batch threshold; a latent already above it (none here) would get 0."""
-    cfg = sae_cfg(d_in=16, d_sae=48, variant="batchtopk", k=4, aux_k=8, dtype="fp32")
+    cfg = sae_cfg(
+        d_in=16, d_sae=48, variant="batchtopk", k=4, aux_k=8, dtype="fp32", batchtopk_topk_fraction=0.0
+    )
     state = init_train_state(cfg, open_activation_source_from(np.random.default_rng(0).random((256, 16))))
     state.steps_since_fired[:10] = 10_000  # the first 10 latents count as dead
     with torch.no_grad():
