@@ -143,6 +143,15 @@ def comparisons(rows: list[Row]) -> list[str]:
     return lines
 
 
+def loader_check(rows: list[Row]) -> str:
+    """How far our loader's reconstruction is from SAELens's own SAE.load_from_disk, per architecture."""
+    worst: dict[str, float] = {}
+    for r in rows:
+        if r.get("loader_max_abs_diff") is not None:
+            worst[r["variant"]] = max(worst.get(r["variant"], 0.0), r["loader_max_abs_diff"])
+    return ", ".join(f"{variant} {diff:.2g}" for variant, diff in sorted(worst.items()))
+
+
 def settings_list(report: dict) -> str:
     lines = []
     for architecture, changed in sorted(report.get("saelens_non_default", {}).items()):
@@ -179,6 +188,11 @@ def render(report: dict) -> str:
         "the architecture's training config; 'per row': the lr sweep and the setting column):\n\n"
         + settings_list(report)
     )
+    if loader_check(rows):
+        parts.append(
+            "SAELens's SAEs are read by our loader; its reconstruction of 4,096 training rows against "
+            f"SAELens's own `SAE.load_from_disk`, max |Δ| per architecture: {loader_check(rows)}."
+        )
     if threaded:
         parts.append(
             "With all threads (wall time; one training at a time, the machine shared as above):\n\n"
