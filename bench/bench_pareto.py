@@ -37,6 +37,7 @@ docs/pareto.md, the README's section and docs/pareto.png.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import fnmatch
 import hashlib
@@ -97,10 +98,19 @@ class Cell:
     variant: str  # ours: SAEConfig.variant; SAELens: its architecture
     setting: str  # what varies along the variant's line, as shown in the table
     params: tuple[tuple[str, Any], ...]  # those settings as keyword arguments
+    # Ours only (--ours-set): SAEConfig fields changed from the recipe, to test what a gap is
+    # made of; such a cell is its own line in the report ("topk [revive_rows=0]").
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The variant as the report shows it."""
+        changed = ",".join(f"{k}={v}" for k, v in self.overrides)
+        return f"{self.variant} [{changed}]" if changed else self.variant
 
     @property
     def name(self) -> str:
-        return f"{self.system}-{self.variant}-{self.setting}"
+        return f"{self.system}-{self.label}-{self.setting}".replace(" ", "")
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,14 @@ def all_cells() -> list[Cell]:
         Cell("saelens", "jumprelu", f"L0={t}", (("target_l0", float(t)),)) for t in SAELENS_JUMPRELU_L0S
     ]
     return cells
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal (0, 1e-3, (), None) or else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def select(cells: list[Cell], only: str | None) -> list[Cell]:
@@ -249,6 +267,7 @@ def ours_config(run: Run, d_in: int, args: argparse.Namespace) -> SAEConfig:
         lr=run.lr,
         seed=run.seed,
         **dict(run.cell.params),
+        **dict(run.cell.overrides),
     )
 
 
@@ -417,7 +436,7 @@ class Bench:
         metrics.pop("n_tokens")  # the held-out count; the row's n_tokens is the training budget
         result = {
             "system": run.cell.system,
-            "variant": run.cell.variant,
+            "variant": run.cell.label,
             "setting": run.cell.setting,
             "lr": run.lr,
             "seed": run.seed,
@@ -479,7 +498,8 @@ def build_report(bench: Bench, cells: list[Cell], missing: list[str]) -> dict:
     for path in sorted((bench.args.work_dir / "results").glob("*.json")):
         row = json.loads(path.read_text())
         why = why_left_out(row, bench) if "settings" in row else "written before issue 22"
-        if why is None and f"{row['system']}-{row['variant']}-{row['setting']}" not in known:
+        base_variant = row.get("variant", "").split(" [")[0]
+        if why is None and f"{row['system']}-{base_variant}-{row['setting']}" not in known:
             why = "a cell this bench no longer has"
         if why is None and "lr" not in row:
             why = "written before issue 22"
@@ -556,6 +576,10 @@ def main() -> None:
         "--only",
         help="comma-separated cell names or globs (see --list), e.g. 'saelens-topk-*,ours-topk-k=16'",
     )
+    parser.add_argument(
+        "--ours-set",
+        help="ours only: SAEConfig fields changed from the recipe, ';'-separated, e.g. 'revive_rows=0;dtype=fp32' (own lines)",
+    )
     parser.add_argument("--list", action="store_true", help="print the cell names and exit")
     parser.add_argument("--report-only", action="store_true", help="train nothing: the report from the cache")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="SAELens's venv")
@@ -569,6 +593,11 @@ def main() -> None:
 
     every_cell = all_cells()
     cells = select(every_cell, args.only)
+    if args.ours_set:
+        overrides = tuple(
+            (k, parse_value(v)) for k, v in (kv.split("=", 1) for kv in args.ours_set.split(";"))
+        )
+        cells = [dataclasses.replace(c, overrides=overrides) for c in cells if c.system == "ours"]
     if args.list or not cells:
         print("\n".join(c.name for c in cells) or f"no cell matches --only {args.only!r}")
         return
