@@ -300,8 +300,8 @@ def run_settings(run: Run, d_in: int, source: str, args: argparse.Namespace, ver
     common = {
         "system": run.cell.system,
         "variant": run.cell.variant,
+        # The rows' digest names the model (its manifest); check_lm holds --lm to that model.
         "activations": source,
-        "lm": str(args.lm),
         "threads": run.threads,
         "eval_protocol": EVAL_PROTOCOL,
         "code": code_version(CODE_PATHS[run.cell.system]),
