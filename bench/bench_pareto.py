@@ -21,7 +21,7 @@ and the report lists them.
 Speed: training only (activation file to saved SAE), CPU seconds of the training process at
 --threads torch threads (default 1, so it holds on a shared machine), and wall time.
 
-Every training is cached as JSON in --work-dir under a hash of its settings, which include the code
+Several bench processes may share a --work-dir: each run is claimed by one. Every training is cached as JSON in --work-dir under a hash of its settings, which include the code
 it ran (the git tree of trainer/ and the blob of bench/saelens_train.py, or a digest of their
 uncommitted changes), SAELens's version and the evaluation protocol. The report takes only rows of
 the current code and protocol, and says how many cached rows it left out. A variant that is not
@@ -411,6 +411,15 @@ class Bench:
         if path.exists():
             print(f"{run.name}: cached ({path.name})")
             return json.loads(path.read_text())
+        if not claim(path.with_suffix(".claim")):
+            print(f"{run.name}: being trained by another bench process; left to it")
+            return None
+        try:
+            return self._train(run, path, settings)
+        finally:
+            path.with_suffix(".claim").unlink(missing_ok=True)
+
+    def _train(self, run: Run, path: Path, settings: dict) -> dict | None:
         out = self.args.work_dir / "saes" / path.stem
         shutil.rmtree(out, ignore_errors=True)
         print(f"{run.name}: training...", flush=True)
@@ -474,6 +483,24 @@ class Bench:
             self.train(Run(cell, best, seed, 1))
         if threads != 1:
             self.train(Run(cell, best, seeds[0], threads))
+
+
+def claim(path: Path) -> bool:
+    """Claim a run for this process (several bench processes may share a --work-dir): False while
+    a live process holds the claim."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return False
+        except (ProcessLookupError, ValueError):
+            path.unlink(missing_ok=True)  # its process is gone
+            return claim(path)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
 
 
 def why_left_out(row: dict, bench: Bench) -> str | None:
