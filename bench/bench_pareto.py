@@ -631,17 +631,22 @@ def main() -> None:
     print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()})")
     to_train = [] if args.report_only else cells
     needs_saelens = any(c.system == "saelens" for c in to_train)
-    python = ensure_venv(args.venv, install=needs_saelens and not args.no_install)
+    # Importing sae_lens takes tens of CPU seconds: only a bench that trains SAELens checks that
+    # it imports; the others read its version from the venv's package metadata.
+    if needs_saelens:
+        python = ensure_venv(args.venv, install=not args.no_install)
+    else:
+        python = args.venv / "bin" / "python" if (args.venv / "bin" / "python").exists() else None
     version = saelens_version(python) if python else None
     missing = [
         f"ours {v}: not in this trainer's variants"
         for v in ("paper", "l1_decnorm", "jumprelu", "topk", "batchtopk")
         if v not in SAE_VARIANTS
     ]
-    have_saelens = saelens_architectures(python) if python else set()
+    have_saelens = saelens_architectures(python) if python and needs_saelens else set()
     if python is None:
         missing.append(f"SAELens: not installed in {args.venv}")
-    else:
+    elif needs_saelens:
         missing += [
             f"SAELens {a}: not in SAELens {version}" for a in SAELENS_ARCHITECTURES if a not in have_saelens
         ]
