@@ -643,10 +643,11 @@ def main() -> None:
         for v in ("paper", "l1_decnorm", "jumprelu", "topk", "batchtopk")
         if v not in SAE_VARIANTS
     ]
-    have_saelens = saelens_architectures(python) if python and needs_saelens else set()
+    probe = needs_saelens or args.report_only  # the final report says what is not installed
+    have_saelens = saelens_architectures(python) if python and probe else set()
     if python is None:
         missing.append(f"SAELens: not installed in {args.venv}")
-    elif needs_saelens:
+    elif probe:
         missing += [
             f"SAELens {a}: not in SAELens {version}" for a in SAELENS_ARCHITECTURES if a not in have_saelens
         ]
