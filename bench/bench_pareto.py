@@ -473,12 +473,13 @@ class Bench:
         return result
 
     def sweep(self, cell: Cell, lrs: tuple[float, ...], seeds: tuple[int, ...], threads: int) -> None:
-        """Each lr at the first seed, then the best lr (lowest FVU) at every seed."""
+        """Each lr at the first seed, then the best lr (lowest FVU) at every seed (and at `threads`
+        threads). With one lr and its run left to another process, that lr is the best."""
         first = [self.train(Run(cell, lr, seeds[0], 1)) for lr in lrs]
         done = [r for r in first if r is not None]
-        if not done:
+        if not done and len(lrs) > 1:
             return
-        best = min(done, key=lambda r: r["fvu"])["lr"]
+        best = min(done, key=lambda r: r["fvu"])["lr"] if done else lrs[0]
         for seed in seeds[1:]:
             self.train(Run(cell, best, seed, 1))
         if threads != 1:
