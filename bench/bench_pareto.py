@@ -21,12 +21,13 @@ and the report lists them.
 Speed: training only (activation file to saved SAE), CPU seconds of the training process at
 --threads torch threads (default 1, so it holds on a shared machine), and wall time.
 
-Several bench processes may share a --work-dir: each run is claimed by one. Every training is cached as JSON in --work-dir under a hash of its settings, which include the code
-it ran (the git tree of trainer/ and the blob of bench/saelens_train.py, or a digest of their
+Every training is cached as JSON in --work-dir under a hash of its settings, which include the
+code it ran (the git tree of trainer/ and the blob of bench/saelens_train.py, or a digest of their
 uncommitted changes), SAELens's version and the evaluation protocol. The report takes only rows of
-the current code and protocol, and says how many cached rows it left out. A variant that is not
-installed (ours: not in trainer.config.SAE_VARIANTS; SAELens: no such module in its venv) is
-reported and the rest run. The report is docs/pareto.json, rendered by bench/pareto_report.py into
+the current code and protocol, and lists the cached rows it left out. Several bench processes may
+share a --work-dir: each run is claimed by one. A variant that is not installed (ours: not in
+trainer.config.SAE_VARIANTS; SAELens: no such module in its venv) is reported and the rest run.
+The report is docs/pareto.json, rendered by bench/pareto_report.py into
 docs/pareto.md, the README's section and docs/pareto.png.
 
     .venv/bin/python bench/bench_pareto.py --activations runs/demo/activations --lm runs/demo \

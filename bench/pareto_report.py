@@ -202,6 +202,15 @@ def render(report: dict) -> str:
     notes = report.get("not_run", []) + report.get("missing", [])
     if notes:
         parts.append("Not run:\n\n" + "\n".join(f"- {n}" for n in notes))
+    skipped = report.get("skipped", [])
+    if skipped:
+        reasons: dict[str, int] = defaultdict(int)
+        for line in skipped:
+            reasons[line.split(": ", 1)[-1]] += 1
+        parts.append(
+            f"Left out: {len(skipped)} cached trainings of other code, protocol, rows or SAELens version "
+            "(never mixed in): " + "; ".join(f"{n} × {why}" for why, n in sorted(reasons.items())) + "."
+        )
     parts.append("Every training of the sweep:\n\n" + sweep_table(rows))
     return "\n\n".join(parts) + "\n"
 
