@@ -199,9 +199,11 @@ def render(report: dict) -> str:
             + threads_table(threaded, rows)
         )
     parts.append("The commands that trained them:\n\n" + "\n".join(f"    {c}" for c in meta["commands"]))
-    notes = report.get("not_run", []) + report.get("missing", [])
+    not_run = [n.split(":")[0] for n in report.get("not_run", [])]
+    notes = [f"- no training at this code: {', '.join(f'`{n}`' for n in not_run)}"] if not_run else []
+    notes += [f"- {n}" for n in report.get("missing", [])]
     if notes:
-        parts.append("Not run:\n\n" + "\n".join(f"- {n}" for n in notes))
+        parts.append("Not run:\n\n" + "\n".join(notes))
     skipped = report.get("skipped", [])
     if skipped:
         reasons: dict[str, int] = defaultdict(int)
