@@ -614,6 +614,7 @@ def main() -> None:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="SAELens's venv")
     parser.add_argument("--no-install", action="store_true", help="skip SAELens if its venv is missing")
     parser.add_argument("--report", type=Path, default=Path("docs/pareto.json"))
+    parser.add_argument("--notes", type=Path, help="markdown kept in the report and shown under its summary")
     parser.add_argument("--readme", type=Path, default=Path("README.md"), help="its pareto-report section")
     parser.add_argument("--plot", type=Path, default=Path("docs/pareto.png"))
     parser.add_argument("--table", type=Path, default=Path("docs/pareto.md"))
@@ -666,6 +667,8 @@ def main() -> None:
         if cell.variant in (SAE_VARIANTS if cell.system == "ours" else have_saelens):
             bench.sweep(cell, args.lrs, args.seeds, args.also_threads or 1)
     report = build_report(bench, every_cell, missing)
+    if args.notes:
+        report["notes"] = args.notes.read_text().strip()
     for line in report["skipped"]:
         print(f"left out of the report: {line}")
     args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -183,6 +183,8 @@ def render(report: dict) -> str:
     summary = comparisons(rows)
     if summary:
         parts.append("Same architecture and setting, best lr each:\n\n" + "\n".join(summary))
+    if report.get("notes"):
+        parts.append(report["notes"])
     parts.append(
         "Every SAELens setting that differs from its default (its `LanguageModelSAERunnerConfig` and "
         "the architecture's training config; 'per row': the lr sweep and the setting column):\n\n"
