@@ -647,7 +647,13 @@ def main() -> None:
         if v not in SAE_VARIANTS
     ]
     probe = needs_saelens or args.report_only  # the final report says what is not installed
-    have_saelens = saelens_architectures(python) if python and probe else set()
+    have_saelens: set[str] = set()
+    if python and probe:  # the probe imports sae_lens: done once per venv and version
+        found = args.work_dir / f"saelens-architectures-{digest([str(python), version])}.json"
+        if not found.exists():
+            found.parent.mkdir(parents=True, exist_ok=True)
+            found.write_text(json.dumps(sorted(saelens_architectures(python))))
+        have_saelens = set(json.loads(found.read_text()))
     if python is None:
         missing.append(f"SAELens: not installed in {args.venv}")
     elif probe:
