@@ -551,6 +551,21 @@ def build_report(bench: Bench, cells: list[Cell], missing: list[str]) -> dict:
         for architecture, changed in values.items()
     }
     args = bench.args
+    # What the bench passes to saelens_train.py per architecture, beyond the lr, the seed and the
+    # setting column (saelens_train.py adds normalize_activations, and for jumprelu its L0 loss).
+    planned = {}
+    for cell in cells:
+        if cell.system == "saelens" and cell.variant not in planned:
+            options = saelens_options(Run(cell, LRS[0], 0, 1), args)
+            for key in (
+                "architecture",
+                "lr",
+                "seed",
+                "threads",
+                *(k.replace("_", "-") for k, _ in cell.params),
+            ):
+                options.pop(key, None)
+            planned[cell.variant] = options
     return {
         "meta": {
             "commands": sorted({r["command"] for r in rows}),
@@ -569,6 +584,7 @@ def build_report(bench: Bench, cells: list[Cell], missing: list[str]) -> dict:
         },
         "rows": rows,
         "saelens_non_default": non_default,
+        "saelens_options": planned,
         "missing": missing,
         "not_run": not_run,
         "skipped": skipped,

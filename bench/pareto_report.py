@@ -153,6 +153,18 @@ def loader_check(rows: list[Row]) -> str:
 
 
 def settings_list(report: dict) -> str:
+    if not report.get("saelens_non_default"):
+        options = "\n".join(
+            f"- SAELens {architecture}: " + "; ".join(f"`--{k}` = {v}" for k, v in sorted(opts.items()))
+            for architecture, opts in sorted(report.get("saelens_options", {}).items())
+        )
+        return (
+            "No SAELens row yet, so none read back from SAELens's configs; what the bench passes to "
+            "`bench/saelens_train.py` beside the lr, the seed and the setting column (which also sets "
+            "`normalize_activations` = expected_average_only_in, the norm estimated over one pass; "
+            "jumprelu: `jumprelu_sparsity_loss_mode` = quadratic with `target_l0`, "
+            "`pre_act_loss_coefficient` = 0.01):\n\n" + options
+        )
     lines = []
     for architecture, changed in sorted(report.get("saelens_non_default", {}).items()):
         items = "; ".join(f"`{k}` = {v}" for k, v in sorted(changed.items()))
