@@ -181,6 +181,8 @@ def test_interpretability_finding_carries_the_views_medians(
     # The logit score's chance level is measured (a re-initialised model), not assumed.
     baseline = finding["details"]["baseline_logit_score"]
     assert baseline is not None and abs(baseline - 0.5) < 0.1
+    assert finding["baseline_logit_score"] == baseline  # the API contract's top-level field
+    assert finding["ci"] == finding["details"]["ci"]
     assert figures["logit score's chance level (measured: randomised model)"]["ours"] == pytest.approx(
         baseline
     )

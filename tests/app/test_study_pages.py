@@ -151,6 +151,10 @@ def test_universality_controls_yardstick_alive_and_density_medians(client: TestC
         k: v["median"] for k, v in summary["by_density"].items()
     }
     assert details["ci"]["features"] == summary["overall"]["ci"]
+    # The issue's API contract: the same figures at the entry's top level.
+    assert entry["yardstick_median"] == details["yardstick_median"]
+    assert entry["median_by_density"] == details["median_by_density"]["features"]
+    assert entry["ci"] == details["ci"]
     page = client.get(f"/runs/{SMALL}/universality").text
     assert "yardstick" in page and f'href="/runs/{YARDSTICK}"' in page
 
