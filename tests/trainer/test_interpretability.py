@@ -376,3 +376,20 @@ def test_a_script_feature_is_explained_by_its_script_and_scored_fairly() -> None
     simulated = predict(expl, torch.zeros_like(held), split.cur[held], split.pair[held], VOCAB)
     expected = np.corrcoef(simulated.numpy(), acts[held.numpy(), 0])[0, 1]
     assert rows[0]["score"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_units_that_never_fire_get_empty_explanations() -> None:
+    """Every unit silent (a dead dictionary, or a stream too short for any unit to fire in the
+    explanation split): the explanations list nothing instead of indexing an empty candidate set."""
+    cfg = config()
+    tokens, acts = synthetic_stream(seed=4)
+    acts = torch.zeros_like(acts)
+    batches, token_sum, top = stream_pieces(tokens, acts, cfg)
+    split = split_stream(tokens, N_CTX, VOCAB)
+    stats = split_pass(batches, split, 5, cfg.explain_candidates)
+    expl, held_pair_sum = local_explanations(
+        batches, split, stats, 5, cfg.explain_tokens, cfg.explain_contexts
+    )
+    assert expl.pairs.shape == (5, cfg.explain_contexts) and bool((expl.pairs == -1).all())
+    assert held_pair_sum.shape == expl.pairs.shape and float(held_pair_sum.abs().sum()) == 0.0
+    assert bool((expl.token_ids == -1).all())

@@ -278,6 +278,10 @@ def local_explanations(
     units = torch.arange(n_features).unsqueeze(1).expand_as(top_positions)[kept]
     candidate_pairs = split.pair[top_positions[kept]]
     keys = torch.unique(units * split.n_pairs + candidate_pairs)
+    if keys.numel() == 0:  # no unit fired in the explanation split: no context to list (all -1 pads)
+        pads = torch.full((n_features, n_contexts), -1, dtype=torch.long)
+        zeros = torch.zeros(pads.shape, dtype=torch.float64)
+        return Explanations(token_ids, token_weights, pads, zeros, rest), zeros
     units, candidate_pairs = keys // split.n_pairs, keys % split.n_pairs
     explain_sum, held_sum = pair_sums(batches, split, keys, n_features)
     explain_count, _ = pair_counts(split, candidate_pairs)
