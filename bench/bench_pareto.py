@@ -82,8 +82,18 @@ SEEDS = (0, 1, 2)
 # How held-out metrics are measured. 1: the first --eval tokens of the validation split; 2: windows
 # spread over the whole split (trainer.evaluate.context_windows). Part of every row's cache key.
 EVAL_PROTOCOL = 2
-# What a row's numbers depend on beyond its settings: the code that trains and evaluates it.
-CODE_PATHS = {"ours": ("trainer",), "saelens": ("trainer", "bench/saelens_train.py")}
+# What a row's numbers depend on beyond its settings: the code that trains and evaluates it. Ours
+# trains with the whole trainer; SAELens rows run SAELens's trainer (its version is in the key) and
+# only our evaluator and loader, so that a change elsewhere in trainer/ keeps them (each is ~7 CPU
+# minutes; one trainer/ tree for every row threw them all away at each commit).
+EVAL_CODE = (
+    "trainer/evaluate.py",
+    "trainer/hooks.py",
+    "trainer/model.py",
+    "trainer/sae/autoencoder.py",
+    "trainer/sae/saelens_format.py",
+)
+CODE_PATHS = {"ours": ("trainer",), "saelens": ("bench/saelens_train.py", *EVAL_CODE)}
 SAELENS_ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 
 
@@ -196,6 +206,8 @@ def code_version(paths: tuple[str, ...]) -> str:
                 "ls-files", "--others", "--exclude-standard", path
             )
             parts.append(f"{path}:dirty-{hashlib.sha1(changes.encode()).hexdigest()[:10]}")
+        elif not (REPO / path).exists():
+            parts.append(f"{path}:absent")
         else:
             parts.append(f"{path}:{git('rev-parse', f'HEAD:{path}')[:10]}")
     return " ".join(parts)
@@ -570,6 +582,7 @@ def build_report(bench: Bench, cells: list[Cell], missing: list[str]) -> dict:
         "meta": {
             "commands": sorted({r["command"] for r in rows}),
             "code": code_version(("trainer", "bench/saelens_train.py")),
+            "code_saelens_rows": code_version(CODE_PATHS["saelens"]),
             "commits": sorted({r["commit"] for r in rows}),
             "eval_protocol": EVAL_PROTOCOL,
             "activations": str(args.activations),
