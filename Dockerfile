@@ -5,6 +5,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 RUN pip install --no-cache-dir build
 COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY monosemantic monosemantic
 COPY trainer trainer
 COPY app app
 COPY templates templates

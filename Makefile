@@ -25,10 +25,10 @@ serve: install
 # Security: bandit over the shipped code (each finding fixed or justified in place with `# nosec`),
 # and a dependency audit, online or against the pinned snapshot tools/advisories.json.
 lint: install
-	$(BIN)/ruff check trainer app tests bench tools setup.py
-	$(BIN)/ruff format --check trainer app tests bench tools setup.py
+	$(BIN)/ruff check monosemantic trainer app tests bench tools setup.py
+	$(BIN)/ruff format --check monosemantic trainer app tests bench tools setup.py
 	$(BIN)/mypy
-	$(BIN)/bandit -q -r trainer app tools
+	$(BIN)/bandit -q -r monosemantic trainer app tools
 	$(PY) tools/audit_deps.py
 
 test: lint

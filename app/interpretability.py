@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app import links, queries
+from app.models import InterpretationOut
 from trainer.schema import Interpretation, Run, RunFinding
 
 # The paper's figures (PAPER.md): automatic interpretability on the logit side, and the human
@@ -40,20 +41,6 @@ METHOD = (
     "units' logit effects through a re-initialised model (and with random unit directions). Brackets: "
     "95% bootstrap intervals of the medians over units."
 )
-
-
-class InterpretationOut(BaseModel):
-    explainer: str = Field(description="'local' (token statistics) or 'llm' (a language model's).")
-    explanation: str
-    rules: dict[str, Any] = Field(description="What the simulation plays: tokens, contexts, rest weight.")
-    score: float | None = Field(
-        description="Correlation of simulated and actual activation, every scoring token."
-    )
-    score_top_random: float | None
-    logit_score: float | None = Field(
-        description="Mean next-token percentile among its logit effects; 0.5 = chance."
-    )
-    logit_top_fraction: float | None
 
 
 class ScoreGroup(BaseModel):

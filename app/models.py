@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.family_models import FeatureMatches
-from app.interpretability import InterpretationOut
 
 SortKey = Literal["index", "density", "max_activation", "label"]
 SortOrder = Literal["asc", "desc"]
@@ -198,6 +197,20 @@ class IntervalBand(BaseModel):
 
 
 DEFAULT_LOGIT_NOTE = "Direct effect on the next-token logits, through the MLP's output and the unembedding."
+
+
+class InterpretationOut(BaseModel):
+    explainer: str = Field(description="'local' (token statistics) or 'llm' (a language model's).")
+    explanation: str
+    rules: dict[str, Any] = Field(description="What the simulation plays: tokens, contexts, rest weight.")
+    score: float | None = Field(
+        description="Correlation of simulated and actual activation, every scoring token."
+    )
+    score_top_random: float | None
+    logit_score: float | None = Field(
+        description="Mean next-token percentile among its logit effects; 0.5 = chance."
+    )
+    logit_top_fraction: float | None
 
 
 class FeatureDetail(BaseModel):

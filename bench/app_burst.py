@@ -134,7 +134,7 @@ def attach_artifacts(db_url: str, slug: str, artifacts: Path, sae: Path) -> None
 
 def prerender(db_url: str, slug: str, force: bool = False) -> subprocess.Popen[bytes]:
     """`monosemantic prerender` of run `slug` as a user runs it (processes: every CPU)."""
-    command = [sys.executable, "-m", "trainer.cli", "prerender", "--db", db_url, "--run", slug]
+    command = [sys.executable, "-m", "monosemantic.cli", "prerender", "--db", db_url, "--run", slug]
     return subprocess.Popen([*command, *(["--force"] if force else [])], stdout=subprocess.DEVNULL)
 
 

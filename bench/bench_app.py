@@ -279,7 +279,7 @@ def start_server(db_url: str, workers: int, live: bool, log: Path) -> tuple[subp
     command = [
         sys.executable,
         "-m",
-        "trainer.cli",
+        "monosemantic.cli",
         "serve",
         "--db",
         db_url,
@@ -615,7 +615,7 @@ def stress_main(args: argparse.Namespace) -> None:
             if args.live_burst:
                 app_burst.warm_up(base, slug)
             phases: list[app_burst.Phase] = []
-            writer = [sys.executable, "-m", "trainer.cli", "prerender", "--db", db_url, "--run", slug]
+            writer = [sys.executable, "-m", "monosemantic.cli", "prerender", "--db", db_url, "--run", slug]
 
             def phase(name: str, seconds: float, **stress: object) -> app_burst.Phase:
                 return asyncio.run(

@@ -25,7 +25,7 @@ from trainer.config import HarvestConfig, LMTrainConfig, ModelConfig, SAEConfig
 from trainer.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder, TrainState
 from trainer.sae import train_step as sae_train_step
-from trainer.sae.variants.base import peak_lr
+from trainer.sae.variants import peak_lr
 from trainer.train_lm import make_optimizer, sample_batch, train_step
 
 

@@ -365,7 +365,7 @@ def loader_check(sae: SparseAutoencoder, acts: Path, out: Path) -> float:
 
 @dataclass
 class Evaluator:
-    """The LM and held-out tokens of a run, loaded once (as trainer.pipeline.run_evaluate does)."""
+    """The LM and held-out tokens of a run, loaded once (as monosemantic.pipeline.run_evaluate does)."""
 
     model: OneLayerTransformer
     val_tokens: np.ndarray

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from trainer.config import SAEConfig
 from trainer.sae import SparseAutoencoder, TrainState, sparsity_coefficient, train_step
-from trainer.sae.variants.base import peak_lr
+from trainer.sae.variants import peak_lr
 
 TRAINED_DENSITY = 0.01  # L0 = 1% of d_sae (41 of 4096), a trained paper-recipe SAE's sparsity
 

@@ -53,7 +53,7 @@ def run_one(variant: str, d_sae: int, batch: int, steps: int) -> dict[str, float
 
     from trainer.config import SAEConfig, SAEVariant
     from trainer.sae import SparseAutoencoder, TrainState, train_step
-    from trainer.sae.variants.base import peak_lr
+    from trainer.sae.variants import peak_lr
 
     d_in = 512
     gen = torch.Generator().manual_seed(0)

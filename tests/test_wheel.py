@@ -73,7 +73,9 @@ def test_wheel_holds_every_module_template_and_static_file(wheel: Path) -> None:
     """Every file of the packages (modules and any data beside them), templates/ and static/."""
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {
-        path.relative_to(REPO).as_posix() for package in ("trainer", "app") for path in _files(REPO / package)
+        path.relative_to(REPO).as_posix()
+        for package in ("monosemantic", "trainer", "app")
+        for path in _files(REPO / package)
     }
     expected |= {
         f"app/web/{path.relative_to(REPO).as_posix()}"

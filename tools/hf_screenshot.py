@@ -50,7 +50,7 @@ def build_run(root: Path) -> str:
     sys.path.append(str(REPO / "tests"))
     from hfdata import build_model, write_corpus  # the tests' own tiny models
 
-    from trainer.cli import main
+    from monosemantic.cli import main
 
     model = build_model("gpt2", root / "tiny-gpt2")
     corpus = write_corpus(root / "corpus.txt")

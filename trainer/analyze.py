@@ -344,7 +344,7 @@ def _token_bytes(tokenizer: Any) -> list[bytes]:
 @dataclass(frozen=True)
 class AnalysisInputs:
     """What both analyses of a run read and record (its SAE's features and its model's neurons):
-    built once from the run's config by `trainer.pipeline.run_analyze`."""
+    built once from the run's config by `monosemantic.pipeline.run_analyze`."""
 
     cfg: RunConfig
     model: OneLayerTransformer | HookedLM

@@ -290,7 +290,7 @@ class CaseStudyConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """The paper's comparisons (trainer/study.py): SAEs of several sizes on one model's activations
+    """The paper's comparisons (monosemantic/study.py): SAEs of several sizes on one model's activations
     (feature splitting) and a model B trained from another seed with its own SAE (universality)."""
 
     sizes: tuple[int, ...] = ()  # d_sae of every dictionary; () = only sae.d_sae

@@ -1,6 +1,6 @@
 """Data-parallel helpers over `torch.distributed`, each a no-op in a single process.
 
-`torchrun --nproc-per-node N -m trainer.cli train-sae ...` sets WORLD_SIZE, RANK and LOCAL_RANK;
+`torchrun --nproc-per-node N -m monosemantic.cli train-sae ...` sets WORLD_SIZE, RANK and LOCAL_RANK;
 `init_from_env` then joins the process group (gloo on CPU, NCCL on CUDA). Every rank reads its own
 slice of each global batch, gradients are summed with one all-reduce per step, and only rank 0
 writes files.

@@ -11,15 +11,12 @@ implementations: `OneLayerHooked` (our own model, hook `blocks.0.mlp.hook_post` 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
 from trainer.model import HOOK_MLP_POST, OneLayerTransformer
-
-if TYPE_CHECKING:
-    from trainer.config import RunConfig
 
 Replacement = Callable[[torch.Tensor], torch.Tensor]  # activations at the hook -> what flows on
 
@@ -118,16 +115,3 @@ def as_hooked(model: Any) -> HookedLM:
 def check_own_hook(hook: str | None) -> None:
     if hook is not None and hook != HOOK_MLP_POST:
         raise HookError(f"hook {hook!r} does not exist in our one-layer model; valid hooks: {HOOK_MLP_POST}")
-
-
-def load_lm(cfg: RunConfig, device: str | None = None) -> HookedLM:
-    """The run's language model at its hook: `cfg.model_path` (a transformers model) if set,
-    else our trained one-layer model under cfg.lm_dir."""
-    device = device or cfg.device
-    if cfg.model_path:
-        from trainer.hf_model import load_hooked
-
-        assert cfg.hook is not None  # RunConfig requires a hook with a model path  # nosec B101
-        return load_hooked(cfg.model_path, cfg.hook, n_ctx=cfg.model.n_ctx, device=device)
-    check_own_hook(cfg.hook)
-    return OneLayerHooked(OneLayerTransformer.load(cfg.lm_dir).to(device))

@@ -276,7 +276,7 @@ def start_server(db: FixtureDB, workers: int = 2) -> tuple[subprocess.Popen[byte
     """`monosemantic serve` as a user runs it (several worker processes) on a free loopback port."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": db.url}
-    command = [sys.executable, "-m", "trainer.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "monosemantic.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen([*command, "--workers", str(workers)], cwd=REPO, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

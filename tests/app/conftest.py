@@ -25,7 +25,7 @@ os.environ.setdefault("MONOSEMANTIC_LIVE_PRESTART", "0")
 @pytest.fixture(scope="session")
 def real_run_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The database of the whole tiny chain (corpus → LM → SAE → analysis), run once (~30 s)."""
-    from trainer.cli import main
+    from monosemantic.cli import main
 
     out_dir = tmp_path_factory.mktemp("real-run")
     url = f"sqlite:///{out_dir / 'monosemantic.db'}"

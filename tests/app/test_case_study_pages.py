@@ -16,7 +16,7 @@ from sqlalchemy import select, text, update
 from app.main import create_app
 from app.models import CaseStudyView, Findings
 from app.settings import Settings
-from trainer.cli import main
+from monosemantic.cli import main
 from trainer.schema import Base, CaseStudy, SchemaInfo, make_engine
 
 REQUIRED = (

@@ -17,7 +17,7 @@ from sqlalchemy import inspect, select, text, update
 from app.main import create_app
 from app.models import Findings
 from app.settings import Settings
-from trainer.cli import build_parser, config_from_args
+from monosemantic.cli import build_parser, config_from_args
 from trainer.config import to_dict
 from trainer.schema import SCHEMA_VERSION, SchemaInfo, ensure_schema, make_engine
 

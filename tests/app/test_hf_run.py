@@ -15,7 +15,7 @@ from hfdata import FAMILIES, build_model, write_corpus
 
 from app.main import create_app
 from app.settings import Settings
-from trainer.cli import main
+from monosemantic.cli import main
 from trainer.hf_model import load_tokenizer, token_bytes
 
 HOOKS = {

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.main import create_app
 from app.prerender import PrerenderError, prerender, run_page_paths, runs_without_pages
 from app.settings import Settings
-from trainer.cli import main
+from monosemantic.cli import main
 from trainer.schema import SCHEMA_VERSION, SchemaInfo, StoredPage, make_engine
 from trainer.store import pending_run
 

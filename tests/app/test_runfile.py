@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from app.main import create_app
 from app.settings import Settings
-from trainer.cli import main
+from monosemantic.cli import main
 from trainer.neuronpedia import export_neuronpedia
 from trainer.runfile import RunFileError, export_jsonl, import_jsonl
 from trainer.schema import (

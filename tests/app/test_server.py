@@ -116,7 +116,7 @@ def test_second_server_on_the_same_port_is_refused(fixture_db: FixtureDB) -> Non
             [
                 sys.executable,
                 "-m",
-                "trainer.cli",
+                "monosemantic.cli",
                 "serve",
                 "--db",
                 fixture_db.url,
@@ -140,7 +140,7 @@ def test_second_server_on_the_same_port_is_refused(fixture_db: FixtureDB) -> Non
 def test_ctrl_c_stops_every_process_quietly(fixture_db: FixtureDB) -> None:
     """Ctrl-C signals the terminal's whole process group (server and workers), maybe twice."""
     port = free_port()
-    command = [sys.executable, "-m", "trainer.cli", "serve", "--db", fixture_db.url, "--port", str(port)]
+    command = [sys.executable, "-m", "monosemantic.cli", "serve", "--db", fixture_db.url, "--port", str(port)]
     proc = subprocess.Popen(
         [*command, "--workers", "2"], cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

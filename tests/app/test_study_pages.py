@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from app.main import create_app
 from app.settings import Settings
-from trainer.cli import main
+from monosemantic.cli import main
 from trainer.schema import Run, Token, make_engine
 
 SMALL, LARGE, RUN_B = "tiny-paper-64", "tiny-paper-128", "tiny-paper-64-b"

@@ -29,7 +29,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = (f"{ROOT / 'trainer'}{os.sep}", f"{ROOT / 'app'}{os.sep}")
-PRELOAD = ["torch", "torch._dynamo", "numpy", "sqlalchemy", "sqlite3", "trainer.pipeline", "trainer.train_lm"]
+PRELOAD = [
+    "torch",
+    "torch._dynamo",
+    "numpy",
+    "sqlalchemy",
+    "sqlite3",
+    "monosemantic.pipeline",
+    "trainer.train_lm",
+]
 PRELOAD += ["trainer.sae", "trainer.activations", "trainer.analyze", "trainer.evaluate", "trainer.hooks"]
 PRELOAD += ["trainer.sae.saelens_format", "app.main", "app.prerender"]
 N_UNITS = 7  # neurons and SAE features: below feature_map.MIN_FEATURES (8), so no UMAP
@@ -113,7 +121,7 @@ def run_stage(stage: str, cfg: Any, kill_at: int | None, report: str) -> None:
                 Path(report).write_text(json.dumps({"killed_at": count, **progress_at(frame)}))
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    from trainer import pipeline
+    from monosemantic import pipeline
 
     action = {
         "train-lm": lambda: pipeline.run_train_lm(cfg, resume=True),

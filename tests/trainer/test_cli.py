@@ -1,6 +1,6 @@
 import pytest
 
-from trainer.cli import SUBCOMMANDS, build_parser, config_from_args, main
+from monosemantic.cli import SUBCOMMANDS, build_parser, config_from_args, main
 
 
 @pytest.mark.parametrize("command", [*SUBCOMMANDS, "serve"])

@@ -1,4 +1,4 @@
-"""Data-parallel SAE training: `torchrun --nproc-per-node 2 -m trainer.cli train-sae` on two CPU
+"""Data-parallel SAE training: `torchrun --nproc-per-node 2 -m monosemantic.cli train-sae` on two CPU
 processes (gloo) gives the single-process result on the same data."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainer import cli
+from monosemantic import cli
 from trainer.config import PAPER_RECIPE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,7 +85,7 @@ def test_two_process_training_matches_one_process(tmp_path: Path, variant: str) 
         "--master-port",
         str(port),
         "-m",
-        "trainer.cli",
+        "monosemantic.cli",
         *_args(variant, acts, tmp_path / "ddp"),
     ]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cli import main
+from monosemantic.cli import main
 from trainer.config import CorpusConfig
 from trainer.corpus import build_corpus
 from trainer.extras import MissingExtra

@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import killkit  # noqa: E402
 from killkit import kill_config  # noqa: E402
 
+from monosemantic.pipeline import run_corpus  # noqa: E402
 from trainer.checkpoint import load_training_state  # noqa: E402
 from trainer.config import RunConfig  # noqa: E402
-from trainer.pipeline import run_corpus  # noqa: E402
 
 KILLS_PER_STAGE = int(os.environ.get("MONOSEMANTIC_KILLS_PER_STAGE", "4"))
 SEED = int(os.environ.get("MONOSEMANTIC_KILL_SEED", "13"))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer import pipeline
-from trainer.cli import main
+from monosemantic import pipeline
+from monosemantic.cli import main
 from trainer.config import EvalConfig, HarvestConfig, ModelConfig, RunConfig, SAEConfig, TokenizerConfig
 from trainer.model import OneLayerTransformer
 from trainer.provenance import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from trainer import pipeline
+from monosemantic import pipeline
 from trainer.config import preset_config
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.cli import build_parser, config_from_args, main
+from monosemantic.cli import build_parser, config_from_args, main
+from monosemantic.study import match_pairs, model_b_config, size_configs, yardstick_config
 from trainer.config import preset_config
-from trainer.study import match_pairs, model_b_config, size_configs, yardstick_config
 
 
 def test_a_comma_list_of_sizes_and_a_seed_for_model_b() -> None:

@@ -22,11 +22,20 @@ import torch.nn as nn
 
 from trainer.checkpoint import atomic_save_safetensors, atomic_write_text
 from trainer.config import SAEConfig
+from trainer.sae.saelens_format import (
+    CFG_FILE,
+    HOOK_NAME,
+    INPUT_NORMS,
+    LAYER_NORM_EPS,
+    WEIGHTS_FILE,
+    fold_foreign,
+    foreign_config,
+    ours_config,
+    read_cfg,
+    read_weights,
+    saved_hook_name,
+)
 from trainer.sae.variants import Variant, get_variant
-
-HOOK_NAME = "blocks.0.mlp.hook_post"  # trainer.model.HOOK_MLP_POST; kept here so loading needs no model
-WEIGHTS_FILE = "sae_weights.safetensors"
-CFG_FILE = "cfg.json"
 
 
 class SparseAutoencoder(nn.Module):
@@ -196,8 +205,74 @@ class SparseAutoencoder(nn.Module):
 
     @classmethod
     def load(cls, directory: Path) -> SparseAutoencoder:
-        """Read an SAE saved by `save`, or by SAELens (standard/topk/jumprelu): fp32, eval mode.
-        The reading and SAELens's options live in trainer.sae.saelens_format."""
-        from trainer.sae.saelens_format import load_sae
-
+        """Read an SAE saved by `save`, or by SAELens (standard/topk/jumprelu): fp32, eval mode,
+        with `hook_name` set to the hook it was trained on (None if the config names none).
+        Raises a one-line error otherwise (trainer.sae.saelens_format reads and checks)."""
         return load_sae(directory)
+
+
+class NormalizedInputSAE(SparseAutoencoder):
+    """An SAE trained on per-input normalised activations (SAELens `normalize_activations`
+    layer_norm or constant_norm_rescale): `encode` and `forward` take raw activations.
+    `decode` alone stays in the normalised space (it has no input to undo the scale with)."""
+
+    def __init__(self, cfg: SAEConfig, input_norm: str) -> None:
+        super().__init__(cfg)
+        self.input_norm = input_norm
+
+    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x normalised, shift, scale) with x = normalised · scale + shift, as SAELens does it."""
+        if self.input_norm == "constant_norm_rescale":
+            scale = x.norm(dim=-1, keepdim=True) / self.cfg.d_in**0.5
+            return x / scale, torch.zeros_like(scale), scale
+        mean = x.mean(dim=-1, keepdim=True)
+        std = (x - mean).std(dim=-1, keepdim=True)
+        return (x - mean) / (std + LAYER_NORM_EPS), mean, std
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return super().encode(self.normalize(x)[0])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        normalized, shift, scale = self.normalize(x)
+        f = super().encode(normalized)
+        return self.decode(f) * scale.to(f.dtype) + shift.to(f.dtype), f
+
+    def saelens_cfg(
+        self, model_name: str = "monosemantic-1l", context_size: int | None = None
+    ) -> dict[str, Any]:
+        return {**super().saelens_cfg(model_name, context_size), "normalize_activations": self.input_norm}
+
+
+def load_sae(directory: Path) -> SparseAutoencoder:
+    """Read an SAE folder (ours or SAELens's), fp32 and in eval mode, with `hook_name` set to the
+    hook it was trained on (None if the config names none). Raises a one-line error otherwise."""
+    directory = Path(directory)
+    saved = read_cfg(directory)
+    cfg_path, weights_path = directory / CFG_FILE, directory / WEIGHTS_FILE
+    ours = "monosemantic" in saved
+    cfg, norm = (
+        (ours_config(saved), saved.get("normalize_activations") or "none")
+        if ours
+        else foreign_config(saved, cfg_path)
+    )
+    tensors = read_weights(weights_path)
+    sae = NormalizedInputSAE(cfg, norm) if norm in INPUT_NORMS else SparseAutoencoder(cfg)
+    expected = {name: tuple(t.shape) for name, t in sae.weights_for_saving().items()}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise ValueError(f"SAE weights {weights_path} have no tensor {name!r}")
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"SAE weights {weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
+                f"cfg.json implies {shape}"
+            )
+    if not ours:
+        fold_foreign(saved, tensors, weights_path)
+    with torch.no_grad():
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            getattr(sae, name).copy_(tensors[name])
+        if "threshold" in expected:
+            sae.variant.load_threshold(sae, tensors["threshold"])
+    sae.training_record = dict(saved.get("training") or {})
+    sae.hook_name = saved_hook_name(saved)
+    return sae.eval()

@@ -1,4 +1,9 @@
-"""Reading an SAE folder in SAELens's layout (`cfg.json` + `sae_weights.safetensors`): ours, or one
+"""SAELens's folder layout (`cfg.json` + `sae_weights.safetensors`): its file names, and reading and
+checking a folder's config and weights, ours or one that SAELens itself saved (architectures
+standard, topk, jumprelu). `SparseAutoencoder.load` (trainer.sae.autoencoder) builds the module
+from what these functions read; this module never builds one, so it sits below the autoencoder.
+
+Reading an SAE folder in SAELens's layout (`cfg.json` + `sae_weights.safetensors`): ours, or one
 that SAELens itself saved (architectures standard, topk, jumprelu).
 
 SAELens's inference SAE (sae_lens/saes/sae.py, standard_sae.py, topk_sae.py, jumprelu_sae.py):
@@ -27,14 +32,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from trainer.config import SAEConfig
-from trainer.sae.autoencoder import CFG_FILE, HOOK_NAME, WEIGHTS_FILE, SparseAutoencoder
+
+if TYPE_CHECKING:
+    from trainer.sae.autoencoder import SparseAutoencoder
+
+HOOK_NAME = "blocks.0.mlp.hook_post"  # trainer.model.HOOK_MLP_POST; kept here so loading needs no model
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
 
 ARCHITECTURES = {"standard": "paper", "topk": "topk", "jumprelu": "jumprelu"}
 INPUT_NORMS = ("layer_norm", "constant_norm_rescale")
@@ -43,38 +54,6 @@ LAYER_NORM_EPS = 1e-5  # SAELens's run_time_activation_ln_in
 
 class SAEFormatError(ValueError):
     """An SAE folder this tool cannot load faithfully; the message says what and why."""
-
-
-class NormalizedInputSAE(SparseAutoencoder):
-    """An SAE trained on per-input normalised activations (SAELens `normalize_activations`
-    layer_norm or constant_norm_rescale): `encode` and `forward` take raw activations.
-    `decode` alone stays in the normalised space (it has no input to undo the scale with)."""
-
-    def __init__(self, cfg: SAEConfig, input_norm: str) -> None:
-        super().__init__(cfg)
-        self.input_norm = input_norm
-
-    def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x normalised, shift, scale) with x = normalised · scale + shift, as SAELens does it."""
-        if self.input_norm == "constant_norm_rescale":
-            scale = x.norm(dim=-1, keepdim=True) / self.cfg.d_in**0.5
-            return x / scale, torch.zeros_like(scale), scale
-        mean = x.mean(dim=-1, keepdim=True)
-        std = (x - mean).std(dim=-1, keepdim=True)
-        return (x - mean) / (std + LAYER_NORM_EPS), mean, std
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return super().encode(self.normalize(x)[0])
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        normalized, shift, scale = self.normalize(x)
-        f = super().encode(normalized)
-        return self.decode(f) * scale.to(f.dtype) + shift.to(f.dtype), f
-
-    def saelens_cfg(
-        self, model_name: str = "monosemantic-1l", context_size: int | None = None
-    ) -> dict[str, Any]:
-        return {**super().saelens_cfg(model_name, context_size), "normalize_activations": self.input_norm}
 
 
 def read_cfg(directory: Path) -> dict[str, Any]:
@@ -103,7 +82,7 @@ def saved_hook_name(saved: dict[str, Any]) -> str | None:
     return None
 
 
-def _ours(saved: dict[str, Any]) -> SAEConfig:
+def ours_config(saved: dict[str, Any]) -> SAEConfig:
     fields = {f.name for f in dataclasses.fields(SAEConfig)}
     values: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in saved["monosemantic"].items() if k in fields
@@ -111,7 +90,7 @@ def _ours(saved: dict[str, Any]) -> SAEConfig:
     return SAEConfig(**values)
 
 
-def _foreign(saved: dict[str, Any], path: Path) -> tuple[SAEConfig, str]:
+def foreign_config(saved: dict[str, Any], path: Path) -> tuple[SAEConfig, str]:
     """Our SAEConfig for an SAE trained elsewhere, and its input normalisation ('none' or one of
     INPUT_NORMS); refuses what the loader cannot reproduce."""
     architecture = saved.get("architecture", "standard")
@@ -153,7 +132,7 @@ def _foreign(saved: dict[str, Any], path: Path) -> tuple[SAEConfig, str]:
     return SAEConfig(d_in=saved["d_in"], d_sae=saved["d_sae"], variant=variant, k=k), norm  # type: ignore[arg-type]
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         return {name: tensor.float() for name, tensor in load_file(str(path)).items()}
     except (SafetensorError, OSError, ValueError) as exc:
@@ -161,7 +140,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _fold_foreign(saved: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> None:
+def fold_foreign(saved: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Fold SAELens's linear options into plain weights, in place (see the module docstring)."""
     if saved.get("apply_b_dec_to_input") is False:
         tensors["b_enc"] = tensors["b_enc"] + tensors["b_dec"] @ tensors["W_enc"]
@@ -172,39 +151,6 @@ def _fold_foreign(saved: dict[str, Any], tensors: dict[str, torch.Tensor], path:
         tensors["b_enc"] = tensors["b_enc"] * norms
     if "threshold" in tensors and bool((tensors["threshold"] < 0).any()):
         raise SAEFormatError(f"SAE weights {path}: negative JumpReLU thresholds are not supported")
-
-
-def load_sae(directory: Path) -> SparseAutoencoder:
-    """Read an SAE folder (ours or SAELens's), fp32 and in eval mode, with `hook_name` set to the
-    hook it was trained on (None if the config names none). Raises a one-line error otherwise."""
-    directory = Path(directory)
-    saved = read_cfg(directory)
-    cfg_path, weights_path = directory / CFG_FILE, directory / WEIGHTS_FILE
-    ours = "monosemantic" in saved
-    cfg, norm = (
-        (_ours(saved), saved.get("normalize_activations") or "none") if ours else _foreign(saved, cfg_path)
-    )
-    tensors = _read_weights(weights_path)
-    sae = NormalizedInputSAE(cfg, norm) if norm in INPUT_NORMS else SparseAutoencoder(cfg)
-    expected = {name: tuple(t.shape) for name, t in sae.weights_for_saving().items()}
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise ValueError(f"SAE weights {weights_path} have no tensor {name!r}")
-        if tuple(tensors[name].shape) != shape:
-            raise ValueError(
-                f"SAE weights {weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
-                f"cfg.json implies {shape}"
-            )
-    if not ours:
-        _fold_foreign(saved, tensors, weights_path)
-    with torch.no_grad():
-        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-            getattr(sae, name).copy_(tensors[name])
-        if "threshold" in expected:
-            sae.variant.load_threshold(sae, tensors["threshold"])
-    sae.training_record = dict(saved.get("training") or {})
-    sae.hook_name = saved_hook_name(saved)
-    return sae.eval()
 
 
 def check_sae_fits(

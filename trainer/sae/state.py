@@ -14,7 +14,7 @@ from trainer.checkpoint import CheckpointError
 from trainer.config import SAEConfig
 from trainer.sae.autoencoder import SparseAutoencoder
 from trainer.sae.source import ActivationShapeError, ActivationSource, peek_rows
-from trainer.sae.variants.base import peak_lr
+from trainer.sae.variants import peak_lr
 
 B_DEC_INIT_ROWS = 16_384  # inputs whose geometric median initialises b_dec
 

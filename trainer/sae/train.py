@@ -32,7 +32,7 @@ from trainer.sae.resample import maybe_resample
 from trainer.sae.revive import raise_dead_biases
 from trainer.sae.source import ActivationSource, open_activation_source
 from trainer.sae.state import StepStats, TrainState, init_train_state
-from trainer.sae.variants.base import peak_lr
+from trainer.sae.variants import peak_lr
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TRAINING_LOG_FILE = "training_log.json"

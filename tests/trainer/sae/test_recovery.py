@@ -11,7 +11,7 @@ import pytest
 import torch
 from saedata import mean_max_cosine, overcomplete_superposition, planted_superposition
 
-from trainer.cli import main
+from monosemantic.cli import main
 from trainer.sae import SparseAutoencoder
 
 D_SAE = 512  # 2 × the planted directions

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from trainer.config import SAEConfig
 from trainer.sae import SparseAutoencoder
-from trainer.sae.saelens_format import NormalizedInputSAE, SAEFormatError, check_sae_fits, load_sae
+from trainer.sae.autoencoder import NormalizedInputSAE, load_sae
+from trainer.sae.saelens_format import SAEFormatError, check_sae_fits
 
 FIXTURES = Path(__file__).parent / "saelens_fixtures"
 CASES = sorted(p.name for p in FIXTURES.iterdir() if (p / "cfg.json").exists())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainer.config import ConfigError
+from trainer.config import ConfigError, SAEConfig
 from trainer.sae.variants.base import LossTerms, Variant, sparsity_coefficient
 from trainer.sae.variants.batchtopk import BatchTopK
 from trainer.sae.variants.jumprelu import JumpReLU
@@ -24,4 +24,9 @@ def get_variant(name: str) -> Variant:
         raise ConfigError(f"unknown SAE variant {name!r}") from None
 
 
-__all__ = ["VARIANTS", "LossTerms", "Variant", "get_variant", "sparsity_coefficient"]
+def peak_lr(cfg: SAEConfig) -> float:
+    """Adam's peak learning rate: `cfg.lr`, else the variant's default."""
+    return cfg.lr if cfg.lr is not None else get_variant(cfg.variant).default_lr
+
+
+__all__ = ["VARIANTS", "LossTerms", "Variant", "get_variant", "peak_lr", "sparsity_coefficient"]

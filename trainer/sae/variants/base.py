@@ -71,13 +71,6 @@ def sparsity_coefficient(cfg: SAEConfig, step: int, log_factor: float = 0.0) -> 
     return coefficient * min(1.0, step / warmup_steps)
 
 
-def peak_lr(cfg: SAEConfig) -> float:
-    """Adam's peak learning rate: `cfg.lr`, else the variant's default."""
-    from trainer.sae.variants import get_variant
-
-    return cfg.lr if cfg.lr is not None else get_variant(cfg.variant).default_lr
-
-
 def compute_dtype(cfg: SAEConfig) -> torch.dtype:
     """The dtype of the hand-written backwards' matmuls (their master weights stay fp32)."""
     return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32

@@ -21,6 +21,8 @@ from trainer.checkpoint import atomic_write_text
 from trainer.config import RunConfig, save_config
 from trainer.corpus import build_corpus, iter_documents, load_manifest
 from trainer.distributed import init_from_env, is_main_process, rank_device
+from trainer.hooks import HookedLM, OneLayerHooked, check_own_hook
+from trainer.model import OneLayerTransformer
 from trainer.provenance import check_same_model, run_model
 from trainer.tokenizer import (
     encode_documents,
@@ -31,6 +33,20 @@ from trainer.tokenizer import (
 )
 
 _TIMED_THIS_PROCESS: set[tuple[Path, str]] = set()
+
+
+def load_lm(cfg: RunConfig, device: str | None = None) -> HookedLM:
+    """The run's language model at its hook: `cfg.model_path` (a transformers model) if set,
+    else our trained one-layer model under cfg.lm_dir. (Here, above trainer.hooks and
+    trainer.hf_model, which build one each: hf_model imports hooks, never the other way.)"""
+    device = device or cfg.device
+    if cfg.model_path:
+        from trainer.hf_model import load_hooked  # transformers only for a run that names a model
+
+        assert cfg.hook is not None  # RunConfig requires a hook with a model path  # nosec B101
+        return load_hooked(cfg.model_path, cfg.hook, n_ctx=cfg.model.n_ctx, device=device)
+    check_own_hook(cfg.hook)
+    return OneLayerHooked(OneLayerTransformer.load(cfg.lm_dir).to(device))
 
 
 def _record_timing(cfg: RunConfig, stage: str, seconds: float) -> None:
@@ -175,8 +191,6 @@ def run_train_lm(cfg: RunConfig, resume: bool = False) -> Any:
 def run_harvest(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Harvest the activations at the hook (our model's MLP by default) over the training split."""
     from trainer.activations import harvest
-    from trainer.hooks import load_lm
-    from trainer.provenance import run_model
 
     meta = token_meta(cfg)
     model = run_model(cfg)
@@ -236,7 +250,6 @@ def run_train_sae(cfg: RunConfig, resume: bool = False, activations_file: str | 
 def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
     """Evaluate the SAE on held-out text; writes eval.json beside the SAE."""
     from trainer.evaluate import evaluate_sae
-    from trainer.hooks import load_lm
     from trainer.sae import SparseAutoencoder
 
     token_meta(cfg)
@@ -267,7 +280,6 @@ def run_evaluate(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _check_sae_fits(lm: Any, sae: Any) -> None:
-    from trainer.hooks import OneLayerHooked
     from trainer.sae.saelens_format import check_sae_fits
 
     what = "the model's MLP" if isinstance(lm, OneLayerHooked) else f"the model's {lm.hook}"
@@ -288,7 +300,6 @@ def _check_sae_model(cfg: RunConfig, sae: Any) -> None:
 def check_sae_path(cfg: RunConfig) -> None:
     """For `--sae PATH`: refuse, before any stage writes a file, an SAE folder that cannot be
     read or does not fit the run's model (its d_in or hook)."""
-    from trainer.hooks import load_lm
     from trainer.sae import SparseAutoencoder
 
     if not cfg.sae_path:
@@ -317,7 +328,6 @@ def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
     """Analyse every SAE feature and (unless `neurons` is False) every MLP neuron into the database
     (two runs; one, the SAE's, at a hook whose coordinates are not neurons)."""
     from trainer.analyze import AnalysisInputs, analyze_and_store, analyze_neurons_and_store
-    from trainer.hooks import load_lm
     from trainer.sae import SparseAutoencoder
 
     token_meta(cfg)

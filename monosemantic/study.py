@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from trainer import pipeline
+from monosemantic import pipeline
 from trainer.config import ConfigError, RunConfig, StudyConfig
 
 SHARED = ("corpus", "tokens", "tokenizer.json")  # what model B takes from model A's folder

@@ -65,7 +65,7 @@ STAGE_FLAGS: dict[str, list[tuple[str, str, type, str]]] = {
         ),
     ],
     "evaluate": [("--eval-tokens", "eval.n_tokens", int, "held-out tokens to evaluate on")],
-    # The study (trainer/study.py): sizes and model B, offered by every stage's command.
+    # The study (monosemantic/study.py): sizes and model B, offered by every stage's command.
     "study": [
         (
             "--d-sae",
@@ -430,7 +430,7 @@ def _serve(db_url: str | None, host: str, port: int, workers: int | None = None)
 
 
 def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file: str | None = None) -> None:
-    from trainer.study import run_stage  # each stage, for every size and model of the study
+    from monosemantic.study import run_stage  # each stage, for every size and model of the study
 
     for stage in stages:
         run_stage(cfg, stage, resume, activations_file)
@@ -443,7 +443,7 @@ def check_model(cfg: RunConfig, need_hook: bool = True) -> None:
 
         preflight(cfg.model_path, cfg.hook, need_hook)
         if need_hook and (cfg.tokens_dir / "meta.json").exists():
-            from trainer.pipeline import token_meta
+            from monosemantic.pipeline import token_meta
 
             token_meta(cfg)  # tokenised for this model
     else:
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "llm_key", None):  # for this process only: the key is never in the config
             os.environ["MONOSEMANTIC_LLM_KEY"] = args.llm_key
         if cfg.sae_path:
-            from trainer.pipeline import check_sae_path
+            from monosemantic.pipeline import check_sae_path
 
             check_sae_path(cfg)  # before any stage writes a file
         stages = SUBCOMMANDS[args.command][1]
