@@ -305,11 +305,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
             overrides["study.sizes"] = sizes
     if args.out_dir:
         overrides["out_dir"] = args.out_dir
-    overrides["db_url"] = args.db
-    overrides["run_name"] = args.run_name
-    overrides["sae_path"] = getattr(args, "sae_path", None)
-    overrides["model_path"] = getattr(args, "model_path", None)
-    overrides["hook"] = getattr(args, "hook", None)
+    # A flag that was given wins over `--set` of the same field; one that was not given leaves
+    # `--set run_name=...` (or db_url, sae_path, model_path, hook) as it was.
+    for key, value in (
+        ("db_url", args.db),
+        ("run_name", args.run_name),
+        ("sae_path", getattr(args, "sae_path", None)),
+        ("model_path", getattr(args, "model_path", None)),
+        ("hook", getattr(args, "hook", None)),
+    ):
+        if value is not None:
+            overrides[key] = value
     return preset_config(args.preset, **overrides)
 
 

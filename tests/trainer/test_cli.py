@@ -34,6 +34,21 @@ def test_flags_map_onto_the_typed_config():
     assert config_from_args(device_args).device == "cuda"
 
 
+def test_set_of_a_top_level_field_survives_its_flag_not_given():
+    """`--set run_name=x` (the form the error message offers) and `--set sae_path=...` were
+    overwritten by the absent --run-name / --sae flags' None; a given flag still wins."""
+    args = build_parser().parse_args(
+        ["train-sae", "--preset", "tiny", "--set", "run_name=mine", "--set", "sae_path=/tmp/sae_x"]
+    )
+    cfg = config_from_args(args)
+    assert (cfg.run_name, cfg.sae_path, cfg.slug) == ("mine", "/tmp/sae_x", "mine")
+    assert str(cfg.sae_dir) == "/tmp/sae_x"
+    flag = build_parser().parse_args(
+        ["analyze", "--preset", "tiny", "--set", "run_name=a", "--run-name", "b"]
+    )
+    assert config_from_args(flag).run_name == "b"
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
