@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app import links, queries
 from app.models import InterpretationOut
-from trainer.schema import Interpretation, Run, RunFinding
+from trainer.store.schema import Interpretation, Run, RunFinding
 
 # The paper's figures (PAPER.md): automatic interpretability on the logit side, and the human
 # rubric (0-14) on activations.

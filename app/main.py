@@ -38,7 +38,7 @@ from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
 from app.static import CachedStaticFiles, gzipped_file
 from app.templating import STATIC_DIR, build_templates
-from trainer.schema import DatabaseError, Run, check_schema_version, make_engine, read_schema_version
+from trainer.store.schema import DatabaseError, Run, check_schema_version, make_engine, read_schema_version
 
 PLOTLY_DIR = Path(plotly.__file__).resolve().parent / "package_data"
 VENDOR_FILES = frozenset({"plotly.min.js"})

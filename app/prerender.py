@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from app import links
 from app.cache import app_version
-from trainer.schema import (
+from trainer.store.schema import (
     Run,
     StoredPage,
     ensure_schema,

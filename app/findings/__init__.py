@@ -29,7 +29,7 @@ from app.findings import (
 from app.findings.context import FindingsContext, companion_runs
 from app.models import Finding, Findings
 from app.queries import run_ref, table_names
-from trainer.schema import Run
+from trainer.store.schema import Run
 
 Claim = Callable[[FindingsContext], Finding]
 

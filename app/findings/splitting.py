@@ -10,7 +10,7 @@ from app.findings import commands
 from app.findings.context import FindingsContext, figure, not_computed, pct
 from app.models import Finding, FindingFigure, FindingLink
 from app.splitting import splitting_view
-from trainer.schema import Run, RunLink
+from trainer.store.schema import Run, RunLink
 
 KEY, TITLE = "splitting", "Features split as the dictionary grows"
 CLAIM = (

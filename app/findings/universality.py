@@ -12,7 +12,7 @@ from app.family_queries import mismatch, universality
 from app.findings import commands
 from app.findings.context import FindingsContext, figure, not_computed
 from app.models import Finding, FindingFigure, FindingLink
-from trainer.schema import Run, RunLink
+from trainer.store.schema import Run, RunLink
 
 KEY, TITLE = "universality", "The same features appear in another model"
 CLAIM = (

@@ -18,7 +18,7 @@ from app.models import FeatureActivation, InferenceResult, InferenceToken, blank
 from app.responses import LIVE_RESPONSES
 from app.routes.runs import RunSlug
 from app.templating import render
-from trainer.schema import Run
+from trainer.store.schema import Run
 
 router = APIRouter(tags=["inference"])
 

@@ -19,7 +19,7 @@ from app.responses import LIVE_RESPONSES
 from app.routes.inference import TEXT_MAX_CHARS
 from app.routes.runs import RunSlug
 from app.templating import render
-from trainer.schema import Run
+from trainer.store.schema import Run
 
 router = APIRouter(tags=["steering"])
 

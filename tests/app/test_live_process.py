@@ -27,7 +27,7 @@ from app.live import LiveExecutor, LiveFailed
 from app.main import create_app
 from app.security import CONTENT_SECURITY_POLICY
 from app.settings import Settings
-from trainer.schema import Run, make_engine
+from trainer.store.schema import Run, make_engine
 
 STEER = f"/runs/{SAE_RUN}/steer?text=the+cat&feature=2&tokens=4"
 

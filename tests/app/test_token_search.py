@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.token_search import search
-from trainer.schema import Run, Token, TokenFeature, make_engine
+from trainer.store.schema import Run, Token, TokenFeature, make_engine
 
 
 def reference(

@@ -36,9 +36,15 @@ PRELOAD = [
     "sqlalchemy",
     "sqlite3",
     "monosemantic.pipeline",
-    "trainer.train_lm",
+    "trainer.lm.train",
 ]
-PRELOAD += ["trainer.sae", "trainer.activations", "trainer.analyze", "trainer.evaluate", "trainer.hooks"]
+PRELOAD += [
+    "trainer.sae",
+    "trainer.harvest",
+    "trainer.analysis.analyze",
+    "trainer.evaluate",
+    "trainer.lm.hooks",
+]
 PRELOAD += ["trainer.sae.saelens_format", "app.main", "app.prerender"]
 N_UNITS = 7  # neurons and SAE features: below feature_map.MIN_FEATURES (8), so no UMAP
 

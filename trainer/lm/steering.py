@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from trainer.hooks import HookedLM, Replacement
+from trainer.lm.hooks import HookedLM, Replacement
 
 
 def pin_feature(x: torch.Tensor, sae: Any, index: int, value: float) -> torch.Tensor:
