@@ -329,7 +329,7 @@ def _existing_database(db_url: str | None) -> str:
 
 
 def _prerender(db_url: str | None, runs: list[str] | None, processes: int, force: bool) -> None:
-    from app.prerender import prerender
+    from app.pages.prerender import prerender
 
     url = _existing_database(db_url)
     result = prerender(url, runs, processes=processes, force=force)
@@ -403,7 +403,7 @@ def _case_studies(args: argparse.Namespace) -> None:
 def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> int:
     """Serve the app; with several workers (default MONOSEMANTIC_WORKERS, else min(2, CPUs)) each
     process builds its own app from the environment, so the database URL travels in DATABASE_URL."""
-    from app.prerender import runs_without_pages
+    from app.pages.prerender import runs_without_pages
     from app.server import serve
     from app.settings import Settings
     from trainer.store.schema import check_schema_version, make_engine

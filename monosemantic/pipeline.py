@@ -390,7 +390,7 @@ def _case_studies(cfg: RunConfig) -> None:
 def run_prerender(cfg: RunConfig) -> Any:
     """Render every page of the database's complete runs into it, so the browser serves them
     without rendering (pages this version of the app stored before are kept)."""
-    from app.prerender import prerender
+    from app.pages.prerender import prerender
 
     result = prerender(cfg.database_url, processes=os.cpu_count() or 1)
     print(result.summary())

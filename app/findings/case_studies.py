@@ -20,7 +20,7 @@ from app.models import (
     Finding,
     FindingLink,
 )
-from app.queries import NotFoundError, feature_labels, run_ref, table_names
+from app.queries.runs import NotFoundError, feature_labels, run_ref, table_names
 from trainer.analysis.proxies import BUILTIN_PROXIES, PAPER_CLAIMS
 from trainer.store.schema import CaseStudy, Run
 

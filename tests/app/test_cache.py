@@ -10,8 +10,8 @@ from appdb import RUNNING_RUN, SAE_RUN
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app.cache import CachedPage, PageLRU, code_version, page_version
 from app.main import create_app
+from app.pages.cache import CachedPage, PageLRU, code_version, page_version
 from app.settings import Settings
 from trainer.store.database import pending_run
 from trainer.store.schema import Feature, make_engine

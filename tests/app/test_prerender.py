@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.main import create_app
-from app.prerender import PrerenderError, prerender, run_page_paths, runs_without_pages
+from app.pages.prerender import PrerenderError, prerender, run_page_paths, runs_without_pages
 from app.settings import Settings
 from monosemantic.cli import main
 from trainer.store.database import pending_run

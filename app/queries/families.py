@@ -26,7 +26,7 @@ from app.family_models import (
     MatchSummary,
     UniversalityView,
 )
-from app.queries import NotFoundError, feature_labels, get_run, table_names
+from app.queries.runs import NotFoundError, feature_labels, get_run, table_names
 from trainer.store.schema import Feature, FeatureMatch, Run, RunLink, Token
 
 MAX_CHILDREN = 6  # per node of a family tree

@@ -41,7 +41,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import handle_pool_timeout
-from app.templating import STATIC_DIR, TEMPLATES_DIR
+from app.pages.templating import STATIC_DIR, TEMPLATES_DIR
 from trainer.store.schema import Run, StoredPage
 
 # Browsers and proxies may keep a page but must ask (If-None-Match → 304) before reusing it,
@@ -51,7 +51,7 @@ GZIP_LEVEL = 1  # 0.37 ms for an 80 kB feature page, 6.2x smaller; level 6: 0.86
 RunRow = tuple[int, str, str, str]  # id, slug, status, completed_at (as text)
 
 
-APP_DIR = Path(__file__).resolve().parent
+APP_DIR = Path(__file__).resolve().parents[1]  # all of app/, not only app/pages/
 
 
 def code_version(*directories: Path) -> str:

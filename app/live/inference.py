@@ -4,7 +4,7 @@ A run's model is either ours (`artifacts_path` holds tokenizer.json and lm/) or 
 causal LM (the stored config's `model_path`, read at its `hook` through trainer.lm.hf_model, with
 its own tokenizer); an 'sae' run adds its SAE (`sae_path`, ours or SAELens's layout). They are
 loaded once per run and kept (`load_artifacts` is cached, in the app's live model processes:
-app/live.py). For a 'neurons' run the features are the activations at the hook (the MLP's
+app/live/pool.py). For a 'neurons' run the features are the activations at the hook (the MLP's
 neurons) themselves.
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.inference import Artifacts
+from app.live.inference import Artifacts
 
 if TYPE_CHECKING:
     import torch

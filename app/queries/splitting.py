@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from app import links
 from app.family_models import FAMILY_THRESHOLD, LinkedRun
-from app.family_queries import has_match_tables, linked_run
-from app.queries import feature_labels, table_names
+from app.queries.families import has_match_tables, linked_run
+from app.queries.runs import feature_labels, table_names
 from trainer.store.schema import Feature, FeatureMatch, Run, RunLink, SizeMap, SizeMapPoint, linked_sizes
 
 N_FAMILIES = 5  # largest families listed per pair of sizes
