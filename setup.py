@@ -1,6 +1,6 @@
 """One build step pyproject.toml cannot say: the wheel carries the repository's top-level
 templates/ and static/ inside the app package, as app/web/templates and app/web/static, where
-app/templating.py finds them (not app/static: that name is the module app/static.py). An
+app/pages/templating.py finds them (one folder app/web/ for the site's files, apart from the code). An
 editable install reads them from the checkout's top level instead."""
 
 from pathlib import Path

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from app.live import LiveExecutor
+from app.live.pool import LiveExecutor
 from app.settings import Settings
 
 

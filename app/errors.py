@@ -21,11 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Match
 
-from app.inference import ModelMissing
-from app.live import LiveUnavailable
-from app.queries import NotFoundError
+from app.live.inference import ModelMissing
+from app.live.pool import LiveUnavailable
+from app.pages.templating import render
+from app.queries.runs import NotFoundError
 from app.security import HEADERS as SECURITY_HEADERS
-from app.templating import render
 
 log = logging.getLogger(__name__)
 TITLES = {404: "Not found", 405: "Method not allowed", 503: "Busy", 500: "Something went wrong"}

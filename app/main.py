@@ -16,12 +16,14 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from app import queries
-from app.cache import ResponseCacheMiddleware, app_version
 from app.errors import install_error_handlers
 from app.head import HeadMiddleware
-from app.inference import preload, preload_sources
-from app.live import LiveExecutor
+from app.live.inference import preload, preload_sources
+from app.live.pool import LiveExecutor
+from app.pages.cache import ResponseCacheMiddleware, app_version
+from app.pages.static import CachedStaticFiles, gzipped_file
+from app.pages.templating import STATIC_DIR, build_templates
+from app.queries.runs import VOCAB_CACHE_RUNS, load_tokens
 from app.routes import (
     case_studies,
     families,
@@ -36,9 +38,7 @@ from app.routes import (
 )
 from app.security import SecurityHeadersMiddleware
 from app.settings import Settings
-from app.static import CachedStaticFiles, gzipped_file
-from app.templating import STATIC_DIR, build_templates
-from trainer.schema import DatabaseError, Run, check_schema_version, make_engine, read_schema_version
+from trainer.store.schema import DatabaseError, Run, check_schema_version, make_engine, read_schema_version
 
 PLOTLY_DIR = Path(plotly.__file__).resolve().parent / "package_data"
 VENDOR_FILES = frozenset({"plotly.min.js"})
@@ -52,10 +52,8 @@ def warm_up(templates: Jinja2Templates, engine: Engine) -> None:
     for name in templates.env.list_templates(extensions=["html"]):
         templates.env.get_template(name)
     with Session(engine) as session:
-        for run in session.scalars(
-            select(Run).where(Run.status == "complete").limit(queries.VOCAB_CACHE_RUNS)
-        ):
-            queries.load_tokens(session, run, [0])
+        for run in session.scalars(select(Run).where(Run.status == "complete").limit(VOCAB_CACHE_RUNS)):
+            load_tokens(session, run, [0])
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

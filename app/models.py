@@ -1,4 +1,4 @@
-"""Response models of the JSON API (pydantic). The database tables live in trainer/schema.py."""
+"""Response models of the JSON API (pydantic). The database tables live in trainer/store/schema.py."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     # runs; 16 keeps PostgreSQL at 32 connections for 2 workers, well under its default 100.
     db_pool_size: int = Field(default=16, ge=1, le=256)
     db_pool_timeout: float = Field(default=10.0, gt=0, le=300)
-    # Live inference and steering, per worker process (app/live.py): child processes running the
+    # Live inference and steering, per worker process (app/live/pool.py): child processes running the
     # model, one job at a time each, at `live_nice` lower CPU priority than the pages and on
     # `live_torch_threads` torch threads (0: torch's default, one per core); jobs admitted at once
     # (running or waiting; one more gets 503 with Retry-After at once); the Retry-After seconds;

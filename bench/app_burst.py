@@ -36,7 +36,7 @@ import numpy as np
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from trainer.schema import Run, make_engine
+from trainer.store.schema import Run, make_engine
 
 HEALTH_INTERVAL = 0.05  # the Python prober's pause between /-/health requests (~20 a second)
 HEALTH_DELAY_MS = 50  # wrk's prober: the same pause, on each of its connections
@@ -103,9 +103,9 @@ def build_artifacts(root: Path, d_sae: int, seed: int = 0) -> tuple[Path, Path]:
     import torch
 
     from trainer.config import ModelConfig, SAEConfig, TokenizerConfig
-    from trainer.model import OneLayerTransformer
+    from trainer.corpus.tokenizer import train_tokenizer
+    from trainer.lm.model import OneLayerTransformer
     from trainer.sae import SparseAutoencoder
-    from trainer.tokenizer import train_tokenizer
 
     torch.manual_seed(seed)
     root.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from trainer.analyze import analyze_run, neuron_basis, sae_basis
+from trainer.analysis.analyze import analyze_run, neuron_basis, sae_basis
 from trainer.config import AnalysisConfig
-from trainer.model import OneLayerTransformer
+from trainer.corpus.tokenizer import load_token_split
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
-from trainer.tokenizer import load_token_split
 
 
 def main() -> None:

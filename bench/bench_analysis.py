@@ -1,4 +1,4 @@
-"""Throughput of trainer.analyze.analyze_run against a straightforward reference, on random data.
+"""Throughput of trainer.analysis.analyze.analyze_run against a straightforward reference, on random data.
 
 A random model of the demo shape (A/1: d_mlp 512, n_ctx 128, vocab 4096) and a random SAE of
 4096 features whose encoder biases are set so each feature fires on ~2% of tokens (L0 ~ 80,
@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from trainer.analyze import analyze_run, sae_basis
+from trainer.analysis.analyze import analyze_run, sae_basis
 from trainer.config import AnalysisConfig, ModelConfig, SAEConfig
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
 
 

@@ -70,7 +70,7 @@ import numpy as np
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from trainer.schema import (
+from trainer.store.schema import (
     Example,
     Feature,
     Run,

@@ -1,9 +1,9 @@
 """What the findings passes add to `analyze`, in CPU seconds, relative to the feature-statistics
 pass measured in the same run: interpretability, ablation effects, matching two dictionaries
-(trainer/match.py: one stream, all-pairs correlations) and the map of both sizes together
-(trainer/size_map.py).
+(trainer/analysis/match_runs.py: one stream, all-pairs correlations) and the map of both sizes together
+(trainer/analysis/size_map.py).
 
-The reference is passes 1-2 of trainer.analyze.analyze_run ("encode" and "histograms": density,
+The reference is passes 1-2 of trainer.analysis.analyze.analyze_run ("encode" and "histograms": density,
 maximum, mean, top-k, token tables, histograms, interval samples), the statistics every feature
 page had before these passes. CPU seconds (time.process_time: every thread of this process), so
 other load on the machine does not inflate them.
@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from bench_analysis import build
 
+from trainer.analysis.analyze import analyze_run, sae_basis
 from trainer.analysis.feature_map import feature_map
+from trainer.analysis.match_runs import Side, stream_activations
 from trainer.analysis.matching import PairMatcher
-from trainer.analyze import analyze_run, sae_basis
 from trainer.config import AnalysisConfig
-from trainer.match import Side, stream_activations
-from trainer.model import OneLayerTransformer
+from trainer.corpus.tokenizer import load_token_split
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
-from trainer.tokenizer import load_token_split
 
 REFERENCE = ("encode", "histograms")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import trainer.lm.train as lm_train
 import trainer.sae.train as sae_train
-import trainer.train_lm as lm_train
 from trainer.config import LMTrainConfig, ModelConfig, SAEConfig
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import ActivationSource, TrainState, init_train_state, open_activation_source, train_step
 
 

@@ -1,6 +1,6 @@
 """Harvest throughput on a transformers model against our own model's, in the same run.
 
-`activations.harvest_shard` (the code `monosemantic harvest` runs) reads, in tokens/s:
+`trainer.harvest.harvest_shard` (the code `monosemantic harvest` runs) reads, in tokens/s:
 
   - our one-layer model at the demo shape (d_model 128, d_mlp 512, n_ctx 128, vocab 4096): the
     reference;
@@ -10,7 +10,7 @@
     blocks.11.hook_resid_post (every block, still no unembedding).
 
 Random weights (nothing is downloaded): throughput does not depend on them. Contexts of 128
-tokens, bf16 compute where the CPU has it (trainer.hf_model.bf16_supported), as harvest does.
+tokens, bf16 compute where the CPU has it (trainer.lm.hf_model.bf16_supported), as harvest does.
 Configurations are interleaved round by round and the best round counts (the machine is shared);
 times are the process's CPU seconds (time.process_time), which a loaded machine disturbs less than
 wall-clock time (run with OMP_NUM_THREADS=1 to compare one core's work).
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from trainer.activations import document_starts, harvest_shard
 from trainer.config import HarvestConfig, ModelConfig
-from trainer.hf_model import HFHookedLM, bf16_supported
-from trainer.hooks import OneLayerHooked
-from trainer.model import OneLayerTransformer
+from trainer.harvest import document_starts, harvest_shard
+from trainer.lm.hf_model import HFHookedLM, bf16_supported
+from trainer.lm.hooks import OneLayerHooked
+from trainer.lm.model import OneLayerTransformer
 
 N_CTX = 128
 

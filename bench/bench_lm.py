@@ -1,9 +1,9 @@
 """The other two compute stages against SAE training, at the demo shapes (A/1: d_model 128,
 d_mlp 512, n_ctx 128, vocab 4096; SAE 512 -> 4096, batch 4096):
 
-  1. one-layer LM training tokens/s: our `train_lm.train_step` (bf16 autocast, bf16 logits in the
+  1. one-layer LM training tokens/s: our `trainer.lm.train.train_step` (bf16 autocast, bf16 logits in the
      loss) against a plain fp32 eager step of the same model (fp32 loss, same AdamW and clipping);
-  2. harvesting tokens/s (`activations.harvest_shard`, bf16 forward to the MLP hook) against our
+  2. harvesting tokens/s (`trainer.harvest.harvest_shard`, bf16 forward to the MLP hook) against our
      SAE training tokens/s: harvesting should be >= 10x faster, so that it is never the bottleneck.
 
 Configurations are interleaved round by round and the best round counts (the machine is shared).
@@ -20,13 +20,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from trainer.activations import document_starts, harvest_shard
 from trainer.config import HarvestConfig, LMTrainConfig, ModelConfig, SAEConfig
-from trainer.model import OneLayerTransformer
+from trainer.harvest import document_starts, harvest_shard
+from trainer.lm.model import OneLayerTransformer
+from trainer.lm.train import make_optimizer, sample_batch, train_step
 from trainer.sae import SparseAutoencoder, TrainState
 from trainer.sae import train_step as sae_train_step
 from trainer.sae.variants import peak_lr
-from trainer.train_lm import make_optimizer, sample_batch, train_step
 
 
 def reference_lm_step(

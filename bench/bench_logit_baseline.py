@@ -23,9 +23,9 @@ from trainer.analysis.interpretability import (
     split_stream,
 )
 from trainer.analysis.stream import encode_stream
-from trainer.model import OneLayerTransformer
+from trainer.corpus.tokenizer import load_token_split
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
-from trainer.tokenizer import load_token_split
 
 
 def main() -> None:

@@ -60,11 +60,11 @@ import torch
 from saelens_venv import DEFAULT_VENV, ensure_venv, saelens_version
 
 from trainer.config import SAE_VARIANTS, EvalConfig, SAEConfig, load_config
+from trainer.corpus.tokenizer import load_token_split
 from trainer.evaluate import evaluate_sae
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 from trainer.provenance import ModelIdentity, ModelMismatch, check_same_model
 from trainer.sae import SparseAutoencoder, train_sae
-from trainer.tokenizer import load_token_split
 
 REPO = Path(__file__).resolve().parent.parent
 SAELENS_TRAIN = Path(__file__).with_name("saelens_train.py")
@@ -88,8 +88,8 @@ EVAL_PROTOCOL = 2
 # minutes; one trainer/ tree for every row threw them all away at each commit).
 EVAL_CODE = (
     "trainer/evaluate.py",
-    "trainer/hooks.py",
-    "trainer/model.py",
+    "trainer/lm/hooks.py",
+    "trainer/lm/model.py",
     "trainer/sae/autoencoder.py",
     "trainer/sae/saelens_format.py",
 )

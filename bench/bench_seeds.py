@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from trainer.config import preset_config
+from trainer.corpus.tokenizer import load_token_split
 from trainer.evaluate import evaluate_sae
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import train_sae
-from trainer.tokenizer import load_token_split
 
 METRICS = ("l0", "fvu", "dead_pct", "dense_pct", "ce_loss_recovered_pct")
 

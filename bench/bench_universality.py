@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from trainer.analysis.match_runs import Side, stream_activations
 from trainer.analysis.matching import PairMatcher, cosine_table, match_summary
-from trainer.match import Side, stream_activations
-from trainer.model import OneLayerTransformer
+from trainer.corpus.tokenizer import load_token_split
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
-from trainer.tokenizer import load_token_split
 
 
 def side(run: Path, basis: str, models: dict[str, OneLayerTransformer]) -> Side:

@@ -335,7 +335,7 @@ def _existing_database(db_url: str | None) -> str:
 
 
 def _prerender(db_url: str | None, runs: list[str] | None, processes: int, force: bool) -> None:
-    from app.prerender import prerender
+    from app.pages.prerender import prerender
 
     url = _existing_database(db_url)
     result = prerender(url, runs, processes=processes, force=force)
@@ -343,10 +343,10 @@ def _prerender(db_url: str | None, runs: list[str] | None, processes: int, force
 
 
 def _exchange(args: argparse.Namespace) -> int:
-    """`export` and `import`: a run to files and back (trainer.runfile, trainer.neuronpedia)."""
-    from trainer.neuronpedia import export_neuronpedia
-    from trainer.runfile import export_jsonl, import_jsonl
-    from trainer.schema import check_schema_version, make_engine
+    """`export` and `import`: a run to files and back (trainer.store.runfile, trainer.store.neuronpedia)."""
+    from trainer.store.neuronpedia import export_neuronpedia
+    from trainer.store.runfile import export_jsonl, import_jsonl
+    from trainer.store.schema import check_schema_version, make_engine
 
     if args.command == "import":
         url = args.db if "://" in args.db else f"sqlite:///{Path(args.db).resolve()}"
@@ -372,9 +372,9 @@ def _exchange(args: argparse.Namespace) -> int:
 
 
 def _match(db_url: str | None, runs: list[str], n_tokens: int | None) -> None:
-    from trainer.match import match_runs
-    from trainer.size_map import map_sizes
-    from trainer.store import open_database
+    from trainer.analysis.match_runs import match_runs
+    from trainer.analysis.size_map import map_sizes
+    from trainer.store.database import open_database
 
     if len(runs) != 2:
         raise ConfigError(f"match takes two runs (--run A --run B), not {len(runs)}")
@@ -391,9 +391,9 @@ def _match(db_url: str | None, runs: list[str], n_tokens: int | None) -> None:
 
 
 def _case_studies(args: argparse.Namespace) -> None:
-    from trainer.case_studies import run_case_studies
+    from trainer.analysis.case_study_runs import run_case_studies
     from trainer.config import CaseStudyConfig
-    from trainer.store import open_database
+    from trainer.store.database import open_database
 
     cfg = CaseStudyConfig(n_tokens=args.tokens, proxies=tuple(args.proxy), builtin=not args.no_builtin)
     engine = open_database(_existing_database(args.db))
@@ -409,10 +409,10 @@ def _case_studies(args: argparse.Namespace) -> None:
 def _serve(db_url: str | None, host: str, port: int, workers: int | None = None) -> int:
     """Serve the app; with several workers (default MONOSEMANTIC_WORKERS, else min(2, CPUs)) each
     process builds its own app from the environment, so the database URL travels in DATABASE_URL."""
-    from app.prerender import runs_without_pages
+    from app.pages.prerender import runs_without_pages
     from app.server import serve
     from app.settings import Settings
-    from trainer.schema import check_schema_version, make_engine
+    from trainer.store.schema import check_schema_version, make_engine
 
     url = _existing_database(db_url)
     settings = Settings(database_url=url)
@@ -445,7 +445,7 @@ def run_stages(cfg: RunConfig, stages: list[str], resume: bool, activations_file
 def check_model(cfg: RunConfig, need_hook: bool = True) -> None:
     """Refuse a model folder, hook name or tokenizer that cannot work, in one line."""
     if cfg.model_path:
-        from trainer.hf_model import preflight
+        from trainer.lm.hf_model import preflight
 
         preflight(cfg.model_path, cfg.hook, need_hook)
         if need_hook and (cfg.tokens_dir / "meta.json").exists():
@@ -453,7 +453,7 @@ def check_model(cfg: RunConfig, need_hook: bool = True) -> None:
 
             token_meta(cfg)  # tokenised for this model
     else:
-        from trainer.hooks import check_own_hook
+        from trainer.lm.hooks import check_own_hook
 
         check_own_hook(cfg.hook)
 

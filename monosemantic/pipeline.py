@@ -19,29 +19,29 @@ import torch
 
 from trainer.checkpoint import atomic_write_text
 from trainer.config import RunConfig, save_config
-from trainer.corpus import build_corpus, iter_documents, load_manifest
-from trainer.distributed import init_from_env, is_main_process, rank_device
-from trainer.hooks import HookedLM, OneLayerHooked, check_own_hook
-from trainer.model import OneLayerTransformer
-from trainer.provenance import check_same_model, run_model
-from trainer.tokenizer import (
+from trainer.corpus.text import build_corpus, iter_documents, load_manifest
+from trainer.corpus.tokenizer import (
     encode_documents,
     load_token_meta,
     load_token_split,
     load_tokenizer,
     train_tokenizer,
 )
+from trainer.distributed import init_from_env, is_main_process, rank_device
+from trainer.lm.hooks import HookedLM, OneLayerHooked, check_own_hook
+from trainer.lm.model import OneLayerTransformer
+from trainer.provenance import check_same_model, run_model
 
 _TIMED_THIS_PROCESS: set[tuple[Path, str]] = set()
 
 
 def load_lm(cfg: RunConfig, device: str | None = None) -> HookedLM:
     """The run's language model at its hook: `cfg.model_path` (a transformers model) if set,
-    else our trained one-layer model under cfg.lm_dir. (Here, above trainer.hooks and
-    trainer.hf_model, which build one each: hf_model imports hooks, never the other way.)"""
+    else our trained one-layer model under cfg.lm_dir. (Here, above trainer.lm.hooks and
+    trainer.lm.hf_model, which build one each: hf_model imports hooks, never the other way.)"""
     device = device or cfg.device
     if cfg.model_path:
-        from trainer.hf_model import load_hooked  # transformers only for a run that names a model
+        from trainer.lm.hf_model import load_hooked  # transformers only for a run that names a model
 
         assert cfg.hook is not None  # RunConfig requires a hook with a model path  # nosec B101
         return load_hooked(cfg.model_path, cfg.hook, n_ctx=cfg.model.n_ctx, device=device)
@@ -127,8 +127,8 @@ def run_corpus(cfg: RunConfig) -> dict[str, Any]:
 
 def _encode_for_model(cfg: RunConfig, manifest: dict[str, Any]) -> dict[str, Any]:
     """Tokenise the corpus with the transformers model's own tokenizer."""
-    from trainer.hf_model import load_tokenizer as load_model_tokenizer
-    from trainer.hf_model import tokenizer_info
+    from trainer.lm.hf_model import load_tokenizer as load_model_tokenizer
+    from trainer.lm.hf_model import tokenizer_info
 
     assert cfg.model_path is not None  # nosec B101  # narrows the type for mypy
     info = tokenizer_info(load_model_tokenizer(cfg.model_path))
@@ -169,7 +169,7 @@ def token_meta(cfg: RunConfig) -> dict[str, Any]:
 @timed("train-lm")
 def run_train_lm(cfg: RunConfig, resume: bool = False) -> Any:
     """Train the one-layer transformer on the training split."""
-    from trainer.train_lm import train_lm
+    from trainer.lm.train import train_lm
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     result = train_lm(
@@ -190,7 +190,7 @@ def run_train_lm(cfg: RunConfig, resume: bool = False) -> Any:
 @timed("harvest")
 def run_harvest(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     """Harvest the activations at the hook (our model's MLP by default) over the training split."""
-    from trainer.activations import harvest
+    from trainer.harvest import harvest
 
     meta = token_meta(cfg)
     model = run_model(cfg)
@@ -327,7 +327,7 @@ def _read_json(path: Path) -> Any:
 def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
     """Analyse every SAE feature and (unless `neurons` is False) every MLP neuron into the database
     (two runs; one, the SAE's, at a hook whose coordinates are not neurons)."""
-    from trainer.analyze import AnalysisInputs, analyze_and_store, analyze_neurons_and_store
+    from trainer.analysis.analyze import AnalysisInputs, analyze_and_store, analyze_neurons_and_store
     from trainer.sae import SparseAutoencoder
 
     token_meta(cfg)
@@ -339,8 +339,8 @@ def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
         cfg = dataclasses.replace(cfg, sae=sae.cfg)
     tokenizer: Any
     if cfg.model_path:
-        from trainer.hf_model import load_tokenizer as load_model_tokenizer
-        from trainer.hf_model import token_bytes
+        from trainer.lm.hf_model import load_tokenizer as load_model_tokenizer
+        from trainer.lm.hf_model import token_bytes
 
         tokenizer = token_bytes(load_model_tokenizer(cfg.model_path), model.vocab_size)
     else:
@@ -368,14 +368,14 @@ def run_analyze(cfg: RunConfig, neurons: bool = True) -> tuple[int, int | None]:
             slug=f"{cfg.model_name}-{cfg.hook}-neurons" if cfg.model_path else None,
         )
         print(f"analyze: wrote runs '{cfg.slug}' and its neurons to {cfg.database_url}")
-    if not cfg.model_path:  # our own model: the case studies beside the run (trainer/case_studies.py)
+    if not cfg.model_path:  # our own model: the case studies (trainer/analysis/case_study_runs.py)
         _case_studies(cfg)
     return sae_run, neuron_run
 
 
 def _case_studies(cfg: RunConfig) -> None:
-    from trainer.case_studies import run_case_studies
-    from trainer.store import open_database
+    from trainer.analysis.case_study_runs import run_case_studies
+    from trainer.store.database import open_database
 
     engine = open_database(cfg.database_url)
     try:
@@ -390,7 +390,7 @@ def _case_studies(cfg: RunConfig) -> None:
 def run_prerender(cfg: RunConfig) -> Any:
     """Render every page of the database's complete runs into it, so the browser serves them
     without rendering (pages this version of the app stored before are kept)."""
-    from app.prerender import prerender
+    from app.pages.prerender import prerender
 
     result = prerender(cfg.database_url, processes=os.cpu_count() or 1)
     print(result.summary())

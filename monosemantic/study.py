@@ -8,7 +8,7 @@ activations from another seed and matched with the first: universality's yardsti
 own folder under the run's (sharing the corpus and tokens), its own LM, activations, SAE of the
 main size and analysis. `analyze` then matches the runs: every pair of sizes (feature splitting)
 and A against B, for features and for neurons (universality), and places every size on one
-map (trainer/size_map.py).
+map (trainer/analysis/size_map.py).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def yardstick_config(cfg: RunConfig) -> RunConfig | None:
 
 
 def model_name(cfg: RunConfig) -> str:
-    return Path(cfg.out_dir).name  # as trainer.analyze names a run's model by default
+    return Path(cfg.out_dir).name  # as trainer.analysis.analyze names a run's model by default
 
 
 def share_corpus(cfg: RunConfig, cfg_b: RunConfig) -> None:
@@ -107,9 +107,9 @@ def match_pairs(cfg: RunConfig) -> list[tuple[str, str]]:
 @pipeline.timed("match")
 def run_match(cfg: RunConfig) -> Any:
     """Match the study's runs in the database (nothing to do for a single run)."""
-    from trainer.match import match_runs
-    from trainer.size_map import map_sizes
-    from trainer.store import open_database
+    from trainer.analysis.match_runs import match_runs
+    from trainer.analysis.size_map import map_sizes
+    from trainer.store.database import open_database
 
     pairs = match_pairs(cfg)
     if not pairs:

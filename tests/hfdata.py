@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from trainer.config import TokenizerConfig
-from trainer.tokenizer import EOT, train_tokenizer
+from trainer.corpus.tokenizer import EOT, train_tokenizer
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may be fetched: every model here is built locally
 

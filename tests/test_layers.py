@@ -24,14 +24,14 @@ PACKAGES = ("monosemantic", "trainer", "app")
 # What app may take from trainer: the schema/store contract, and the model and SAE code that the
 # live pages (steering, inference, case studies) run.
 APP_MAY_IMPORT = {
-    "trainer.schema",
+    "trainer.store.schema",
     "trainer.config",
-    "trainer.model",
-    "trainer.hooks",
-    "trainer.hf_model",
-    "trainer.tokenizer",
+    "trainer.lm.model",
+    "trainer.lm.hooks",
+    "trainer.lm.hf_model",
+    "trainer.corpus.tokenizer",
     "trainer.sae",
-    "trainer.steering",
+    "trainer.lm.steering",
     "trainer.analysis.proxies",
 }
 

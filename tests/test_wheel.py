@@ -156,7 +156,7 @@ def served(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 
 
 def test_installed_app_reads_templates_and_static_from_the_venv(venv: Path) -> None:
-    probe = "import app.main, app.templating as t; print(t.TEMPLATES_DIR); print(t.STATIC_DIR)"
+    probe = "import app.main, app.pages.templating as t; print(t.TEMPLATES_DIR); print(t.STATIC_DIR)"
     folders = _run([venv / "bin" / "python", "-c", probe], cwd=venv, env=_clean_env(venv)).split()
     assert [Path(f).relative_to(venv).parts[-3:] for f in folders] == [
         ("app", "web", "templates"),

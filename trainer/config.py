@@ -36,7 +36,7 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    # Empty `sources` means the built-in offline corpus (see corpus.py).
+    # Empty `sources` means the built-in offline corpus (see trainer/corpus/text.py).
     sources: tuple[str, ...] = ()
     text_field: str = "text"  # the field read from JSONL sources
     max_bytes: int = 64_000_000  # cap on the text kept (UTF-8 bytes)
@@ -318,7 +318,7 @@ class RunConfig:
     # An SAE folder to evaluate / analyse instead of the one this run trained (`--sae PATH`).
     sae_path: str | None = None
     # A transformers causal LM (folder or hub id) to study instead of our one-layer model, and the
-    # hook point read on it (trainer/hf_model.py). `hook` alone may only name our model's one.
+    # hook point read on it (trainer/lm/hf_model.py). `hook` alone may only name our model's one.
     model_path: str | None = None
     hook: str | None = None
     corpus: CorpusConfig = field(default_factory=CorpusConfig)

@@ -4,7 +4,7 @@ On non-overlapping windows of n_ctx + 1 held-out tokens: reconstruction error (m
 summed over d_in, mean over tokens; fvu: that error over the variance about the per-dimension
 mean), L0, the dead and dense fractions and the log10 feature-density histogram, and how much of
 the hook's contribution to the next-token loss survives splicing the reconstruction in there
-(our model's MLP, or any hook of a transformers model: trainer/hooks.py):
+(our model's MLP, or any hook of a transformers model: trainer/lm/hooks.py):
 
     ce_loss_recovered = (ce_zero_ablation − ce_with_sae) / (ce_zero_ablation − ce_clean)
 
@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from trainer.checkpoint import atomic_write_bytes, atomic_write_text
 from trainer.config import EvalConfig
-from trainer.hooks import HookedLM, as_hooked
-from trainer.model import OneLayerTransformer
+from trainer.lm.hooks import HookedLM, as_hooked
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
 
 EVAL_FILE = "eval.json"

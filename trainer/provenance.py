@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.model import HOOK_MLP_POST
+from trainer.lm.model import HOOK_MLP_POST
 
 if TYPE_CHECKING:
     from trainer.config import RunConfig

@@ -28,8 +28,8 @@ from app.findings import (
 )
 from app.findings.context import FindingsContext, companion_runs
 from app.models import Finding, Findings
-from app.queries import run_ref, table_names
-from trainer.schema import Run
+from app.queries.runs import run_ref, table_names
+from trainer.store.schema import Run
 
 Claim = Callable[[FindingsContext], Finding]
 

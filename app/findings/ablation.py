@@ -8,8 +8,8 @@ from typing import Any
 from app import links
 from app.findings.context import FindingsContext, figure, not_computed, pct
 from app.models import Finding, FindingLink
-from app.queries import feature_labels
-from trainer.schema import ExampleEffect, Run
+from app.queries.runs import feature_labels
+from trainer.store.schema import ExampleEffect, Run
 
 KEY, TITLE = "ablation", "Features help predict the next token where they fire"
 CLAIM = (

@@ -1,7 +1,7 @@
 """Claim: the paper's detailed case studies (its experiment 2). For a concept with a proxy, one
 feature is specific to it and sensitive to it, and pinning it makes the model write it; the best
 neuron is far less specific. Read from the CaseStudy rows `monosemantic case-studies` stores
-(trainer/case_studies.py); one page per case study (`case_study_view`)."""
+(trainer/analysis/case_study_runs.py); one page per case study (`case_study_view`)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from app.models import (
     Finding,
     FindingLink,
 )
-from app.queries import NotFoundError, feature_labels, run_ref, table_names
+from app.queries.runs import NotFoundError, feature_labels, run_ref, table_names
 from trainer.analysis.proxies import BUILTIN_PROXIES, PAPER_CLAIMS
-from trainer.schema import CaseStudy, Run
+from trainer.store.schema import CaseStudy, Run
 
 KEY, TITLE = "case_studies", "Case studies: one feature per concept, specific and sensitive"
 CLAIM = (

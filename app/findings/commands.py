@@ -9,7 +9,7 @@ import shlex
 from typing import Any
 
 from trainer.config import ConfigError, preset_config, to_dict
-from trainer.schema import Run
+from trainer.store.schema import Run
 
 # Set by flags of their own (or not part of a stage's config).
 OWN_FLAGS = {"preset", "out_dir", "db_url", "run_name", "device", "sae_path", "model_path", "hook", "study"}

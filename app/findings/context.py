@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import Finding, FindingFigure, FindingLink
-from trainer.schema import Run, RunFinding
+from trainer.store.schema import Run, RunFinding
 
 
 def companion_runs(session: Session, run: Run) -> tuple[Run | None, Run | None]:

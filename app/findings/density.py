@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from app import links
 from app.findings.context import FindingsContext, figure, not_computed, pct
 from app.models import DensitySummary, Finding, FindingLink
-from trainer.schema import Feature, Run
+from trainer.store.schema import Feature, Run
 
 KEY, TITLE = "density", "Dead and ultralow-density features"
 CLAIM = (

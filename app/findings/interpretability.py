@@ -1,5 +1,5 @@
 """Claim: features are far more interpretable than neurons (the paper's experiment 1), by the
-automatic interpretability scores `analyze` stores (app/interpretability.py reads them)."""
+automatic interpretability scores `analyze` stores (app/queries/interpretability.py reads them)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 from app.findings import commands
 from app.findings.context import FindingsContext, figure, not_computed
-from app.interpretability import PAPER, ScoreGroup, interpretability_comparison
 from app.models import Finding, FindingFigure, FindingLink
+from app.queries.interpretability import PAPER, ScoreGroup, interpretability_comparison
 
 KEY, TITLE = "interpretability", "Features are more interpretable than neurons"
 CLAIM = (

@@ -1,5 +1,5 @@
 """Claim: features split into finer ones as the dictionary grows (the paper's experiment 3), read
-from the matches between the model's dictionary sizes (app/splitting.py)."""
+from the matches between the model's dictionary sizes (app/queries/splitting.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from app.family_models import FAMILY_THRESHOLD
 from app.findings import commands
 from app.findings.context import FindingsContext, figure, not_computed, pct
 from app.models import Finding, FindingFigure, FindingLink
-from app.splitting import splitting_view
-from trainer.schema import Run, RunLink
+from app.queries.splitting import splitting_view
+from trainer.store.schema import Run, RunLink
 
 KEY, TITLE = "splitting", "Features split as the dictionary grows"
 CLAIM = (

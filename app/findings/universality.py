@@ -1,5 +1,5 @@
 """Claim: the same features appear in a model trained from another seed (the paper's experiment
-4), read from the best-match histograms of the 'seeds' links (app/family_queries.py)."""
+4), read from the best-match histograms of the 'seeds' links (app/queries/families.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 from sqlalchemy import select
 
 from app.family_models import PAPER_MEDIAN_FEATURES, PAPER_MEDIAN_NEURONS, BestMatchHistogram, MedianCI
-from app.family_queries import mismatch, universality
 from app.findings import commands
 from app.findings.context import FindingsContext, figure, not_computed
 from app.models import Finding, FindingFigure, FindingLink
-from trainer.schema import Run, RunLink
+from app.queries.families import mismatch, universality
+from trainer.store.schema import Run, RunLink
 
 KEY, TITLE = "universality", "The same features appear in another model"
 CLAIM = (

@@ -6,13 +6,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from app import charts, queries
 from app.deps import SessionDep
 from app.findings.case_studies import case_study_view
 from app.models import CaseStudyView
+from app.pages import charts
+from app.pages.twins import data_page
+from app.queries import runs
 from app.responses import RUN_RESPONSES
 from app.routes.runs import RunSlug
-from app.twins import data_page
 
 router = APIRouter(tags=["case studies"])
 
@@ -35,4 +36,4 @@ def _charts(data: CaseStudyView) -> dict[str, Any]:
 def read_case_study(session: SessionDep, run: RunSlug, name: CaseStudyName) -> CaseStudyView:
     """One case study: how specific and sensitive the run's best feature and its model's best neuron
     are to a concept proxy, their activation histograms split by the proxy, and pinning each."""
-    return case_study_view(session, queries.get_run(session, run), name)
+    return case_study_view(session, runs.get_run(session, run), name)

@@ -7,14 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app import family_charts, family_queries, queries, splitting
 from app.deps import SessionDep
 from app.family_models import FamilyTree, UniversalityView
+from app.pages import family_charts
+from app.pages.twins import data_page
+from app.queries import families, runs, splitting
+from app.queries.splitting import SplittingView
 from app.responses import RUN_RESPONSES
 from app.routes.features import FeatureIndex
 from app.routes.runs import RunSlug
-from app.splitting import SplittingView
-from app.twins import data_page
 
 router = APIRouter(tags=["study"])
 
@@ -28,7 +29,7 @@ def _family_chart(data: FamilyTree) -> dict[str, Any]:
 @data_page(router, "/runs/{run}/features/{index}/family", "family.html", RUN_RESPONSES, _family_chart)
 def read_family(session: SessionDep, run: RunSlug, index: FeatureIndex) -> FamilyTree:
     """A feature's family across dictionary sizes: ancestors and descendants by activation correlation."""
-    return family_queries.family_tree(session, queries.get_run(session, run), index)
+    return families.family_tree(session, runs.get_run(session, run), index)
 
 
 def _universality_chart(data: UniversalityView) -> dict[str, Any]:
@@ -38,7 +39,7 @@ def _universality_chart(data: UniversalityView) -> dict[str, Any]:
 @data_page(router, "/runs/{run}/universality", "universality.html", RUN_RESPONSES, _universality_chart)
 def read_universality(session: SessionDep, run: RunSlug, other: OtherRun = None) -> UniversalityView:
     """Best-match activation correlations of this model's features and neurons in another model's."""
-    return family_queries.universality(session, queries.get_run(session, run), other or None)
+    return families.universality(session, runs.get_run(session, run), other or None)
 
 
 def _splitting_chart(data: SplittingView) -> dict[str, Any]:
@@ -48,4 +49,4 @@ def _splitting_chart(data: SplittingView) -> dict[str, Any]:
 @data_page(router, "/runs/{run}/splitting", "splitting.html", RUN_RESPONSES, _splitting_chart)
 def read_splitting(session: SessionDep, run: RunSlug) -> SplittingView:
     """Feature splitting across the run's dictionary sizes: children per feature and the largest families."""
-    return splitting.splitting_view(session, queries.get_run(session, run))
+    return splitting.splitting_view(session, runs.get_run(session, run))

@@ -6,12 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
 
-from app import charts, family_queries, interpretability, queries
 from app.deps import SessionDep
 from app.models import FeatureDetail
+from app.pages import charts
+from app.pages.twins import data_page
+from app.queries import families, interpretability, runs
 from app.responses import RUN_RESPONSES
 from app.routes.runs import RunSlug
-from app.twins import data_page
 
 router = APIRouter(tags=["features"])
 
@@ -29,8 +30,8 @@ def _feature_charts(data: FeatureDetail) -> dict[str, Any]:
 @data_page(router, "/runs/{run}/features/{index}", "feature.html", RUN_RESPONSES, _feature_charts)
 def read_feature(session: SessionDep, run: RunSlug, index: FeatureIndex) -> FeatureDetail:
     """One feature: label, density, histograms, logit effects, top and interval examples."""
-    record = queries.get_run(session, run)
-    detail = queries.get_feature(session, record, index)
-    detail.matches = family_queries.feature_matches(session, record, index)
+    record = runs.get_run(session, run)
+    detail = runs.get_feature(session, record, index)
+    detail.matches = families.feature_matches(session, record, index)
     detail.interpretations = interpretability.feature_interpretations(session, record, index)
     return detail

@@ -11,14 +11,16 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app import inference, links, queries
+from app import links
 from app.deps import EngineDep, LiveDep
-from app.live import LiveExecutor, Prepared
+from app.live import inference
+from app.live.pool import LiveExecutor, Prepared
 from app.models import FeatureActivation, InferenceResult, InferenceToken, blank_is_none
+from app.pages.templating import render
+from app.queries import runs
 from app.responses import LIVE_RESPONSES
 from app.routes.runs import RunSlug
-from app.templating import render
-from trainer.schema import Run
+from trainer.store.schema import Run
 
 router = APIRouter(tags=["inference"])
 
@@ -45,11 +47,11 @@ ApiFeatureQuery = Annotated[
 
 def _prepare(engine: Engine, run: str, text: str | None, feature: int | None) -> Prepared[InferenceResult]:
     with Session(engine) as session:
-        record = queries.get_run(session, run)
+        record = runs.get_run(session, run)
         if feature is not None and feature >= record.n_features:
-            raise queries.NotFoundError(f"Run {run!r} has no feature {feature} (it has {record.n_features}).")
+            raise runs.NotFoundError(f"Run {run!r} has no feature {feature} (it has {record.n_features}).")
         empty = InferenceResult(
-            run=queries.run_ref(record),
+            run=runs.run_ref(record),
             text=text or "",
             available=True,
             message=None,
@@ -88,10 +90,10 @@ def _finish(
     with Session(engine) as session:
         record = session.get(Run, prepared.run_id)
         if record is None:
-            raise queries.NotFoundError(f"Run {slug!r} was deleted meanwhile.")
-        labels = queries.feature_labels(session, record.id, {i for top in per_token for i, _ in top})
-        feature_label, feature_max = queries.feature_label_and_max(session, record.id, feature)
-        tokens = queries.load_tokens(session, record, acts.token_ids)
+            raise runs.NotFoundError(f"Run {slug!r} was deleted meanwhile.")
+        labels = runs.feature_labels(session, record.id, {i for top in per_token for i, _ in top})
+        feature_label, feature_max = runs.feature_label_and_max(session, record.id, feature)
+        tokens = runs.load_tokens(session, record, acts.token_ids)
     column = acts.values[:, feature] if feature is not None and acts.values.size else None
     return prepared.empty.model_copy(
         update={

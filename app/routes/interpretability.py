@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app import interpretability, queries
 from app.deps import SessionDep
-from app.interpretability import InterpretabilityComparison
+from app.pages.twins import data_page
+from app.queries import interpretability, runs
+from app.queries.interpretability import InterpretabilityComparison
 from app.responses import RUN_RESPONSES
 from app.routes.runs import RunSlug
-from app.twins import data_page
 
 router = APIRouter(tags=["interpretability"])
 
@@ -23,4 +23,4 @@ def _comparison_charts(data: InterpretabilityComparison) -> dict[str, Any]:
 @data_page(router, "/runs/{run}/interpretability", "interpretability.html", RUN_RESPONSES, _comparison_charts)
 def read_interpretability(session: SessionDep, run: RunSlug) -> InterpretabilityComparison:
     """Automatic interpretability scores of the run's units and its model's other basis, with medians."""
-    return interpretability.interpretability_comparison(session, queries.get_run(session, run))
+    return interpretability.interpretability_comparison(session, runs.get_run(session, run))

@@ -8,12 +8,14 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator
 from starlette.responses import Response
 
-from app import charts, links, queries
+from app import links
 from app.deps import SessionDep
 from app.findings.density import PAPER_DEAD, PAPER_ULTRALOW, density_summary
 from app.models import FeatureListFilters, RunDetail, RunList, SortKey, SortOrder, blank_is_none
+from app.pages import charts
+from app.pages.templating import render
+from app.queries import runs
 from app.responses import READ_RESPONSES, RUN_RESPONSES
-from app.templating import render
 
 router = APIRouter(tags=["runs"])
 
@@ -26,7 +28,7 @@ class FeatureListQuery(BaseModel):
     sort: SortKey = "index"
     order: SortOrder = "asc"
     page: int = Field(1, ge=1, le=1_000_000)
-    size: int = Field(queries.PAGE_SIZE_DEFAULT, ge=1, le=queries.PAGE_SIZE_MAX)
+    size: int = Field(runs.PAGE_SIZE_DEFAULT, ge=1, le=runs.PAGE_SIZE_MAX)
     q: str | None = Field(None, max_length=200, description="Substring of the label.")
     token: str | None = Field(None, max_length=100, description="Substring of a token the feature fires on.")
     density_min: float | None = Field(None, ge=0, le=1)
@@ -56,8 +58,8 @@ class ApiFeatureListQuery(FeatureListQuery):
 
 
 def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureListQuery) -> RunDetail:
-    record = queries.get_run(session, run)
-    features = queries.list_features(
+    record = runs.get_run(session, run)
+    features = runs.list_features(
         session,
         record,
         sort=view.sort,
@@ -66,7 +68,7 @@ def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureLi
         size=view.size,
         filters=view.filters(),
     )
-    detail = queries.run_detail(session, record, features, request.app.state.schema_version)
+    detail = runs.run_detail(session, record, features, request.app.state.schema_version)
     detail.density_summary = density_summary(session, record)
     return detail
 
@@ -74,12 +76,12 @@ def _run_detail(request: Request, session: SessionDep, run: str, view: FeatureLi
 @router.get("/api/runs", response_model=RunList, responses=READ_RESPONSES)
 def list_runs(session: SessionDep) -> RunList:
     """All runs: complete ones (browsable), and running or failed ones apart."""
-    return queries.list_runs(session)
+    return runs.list_runs(session)
 
 
 @router.get("/", include_in_schema=False)
 def show_runs(request: Request, session: SessionDep) -> Response:
-    return render(request, "runs.html", {"data": queries.list_runs(session)})
+    return render(request, "runs.html", {"data": runs.list_runs(session)})
 
 
 @router.get("/api/runs/{run}", response_model=RunDetail, responses=RUN_RESPONSES)

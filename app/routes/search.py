@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from app import token_search
 from app.deps import SessionDep
 from app.models import SearchMode, SearchResult
+from app.pages.templating import render
+from app.queries import token_search
 from app.responses import RUN_RESPONSES
-from app.templating import render
 
 router = APIRouter(tags=["search"])
 

@@ -11,15 +11,16 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from app import inference, queries, steering
 from app.deps import EngineDep, LiveDep
-from app.live import LiveExecutor, Prepared
+from app.live import inference, steering
+from app.live.pool import LiveExecutor, Prepared
 from app.models import NextTokenOut, SteeredContinuation, SteerResult, TokenOut, blank_is_none
+from app.pages.templating import render
+from app.queries import runs
 from app.responses import LIVE_RESPONSES
 from app.routes.inference import TEXT_MAX_CHARS
 from app.routes.runs import RunSlug
-from app.templating import render
-from trainer.schema import Run
+from trainer.store.schema import Run
 
 router = APIRouter(tags=["steering"])
 
@@ -87,15 +88,15 @@ def _prepare(
     engine: Engine, run: str, text: str | None, feature: int | None, value: float | None, n_tokens: int
 ) -> Prepared[SteerResult]:
     with Session(engine) as session:
-        record = queries.get_run(session, run)
+        record = runs.get_run(session, run)
         if feature is not None and feature >= record.n_features:
-            raise queries.NotFoundError(f"Run {run!r} has no feature {feature} (it has {record.n_features}).")
-        feature_label, feature_max = queries.feature_label_and_max(session, record.id, feature)
+            raise runs.NotFoundError(f"Run {run!r} has no feature {feature} (it has {record.n_features}).")
+        feature_label, feature_max = runs.feature_label_and_max(session, record.id, feature)
         value_is_default = value is None and feature is not None
         if value is None and feature is not None:
             value = _default_value(feature_max)
         empty = SteerResult(
-            run=queries.run_ref(record),
+            run=runs.run_ref(record),
             text=text or "",
             feature=feature,
             feature_label=feature_label,
@@ -134,8 +135,8 @@ def _finish(
     with Session(engine) as session:
         record = session.get(Run, prepared.run_id)
         if record is None:
-            raise queries.NotFoundError(f"Run {prepared.empty.run.slug!r} was deleted meanwhile.")
-        tokens = queries.load_tokens(session, record, ids)
+            raise runs.NotFoundError(f"Run {prepared.empty.run.slug!r} was deleted meanwhile.")
+        tokens = runs.load_tokens(session, record, ids)
     return prepared.empty.model_copy(
         update={
             "message": f"The prompt is longer than the model's context: it read the last {n_ctx} tokens."

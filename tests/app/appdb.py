@@ -1,4 +1,4 @@
-"""Databases for the app tests, small but complete, written through trainer/schema.py.
+"""Databases for the app tests, small but complete, written through trainer/store/schema.py.
 
 `fixture_db`: two complete runs over one real tokenizer and model (an 'sae' run with a saved
 SAE and a 'neurons' run, so live inference works) and one running run. Their vocabulary holds
@@ -22,8 +22,9 @@ import torch
 from sqlalchemy.orm import Session
 
 from trainer.config import ModelConfig, SAEConfig, TokenizerConfig
-from trainer.model import OneLayerTransformer
-from trainer.schema import (
+from trainer.corpus.tokenizer import token_bytes, train_tokenizer
+from trainer.lm.model import OneLayerTransformer
+from trainer.store.schema import (
     Example,
     Feature,
     Run,
@@ -36,7 +37,6 @@ from trainer.schema import (
     pack_token_ids,
     token_text,
 )
-from trainer.tokenizer import token_bytes, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 SAE_RUN, NEURON_RUN, RUNNING_RUN, HOSTILE_RUN = (

@@ -24,7 +24,7 @@ def fail(message: str) -> None:
 
 def kept_models() -> int:
     """How many runs' models this (live) process has loaded and keeps."""
-    from app import inference
+    from app.live import inference
 
     return inference._load_artifacts.cache_info().currsize
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from appdb import N_NEURONS, N_SAE, NEURON_RUN, RUNNING_RUN, SAE_RUN
 from fastapi.testclient import TestClient
 
-from trainer.schema import SCHEMA_VERSION
+from trainer.store.schema import SCHEMA_VERSION
 
 
 def test_runs_lists_complete_runs_and_running_ones_apart(client: TestClient) -> None:

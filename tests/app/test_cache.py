@@ -10,11 +10,11 @@ from appdb import RUNNING_RUN, SAE_RUN
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app.cache import CachedPage, PageLRU, code_version, page_version
 from app.main import create_app
+from app.pages.cache import CachedPage, PageLRU, code_version, page_version
 from app.settings import Settings
-from trainer.schema import Feature, make_engine
-from trainer.store import pending_run
+from trainer.store.database import pending_run
+from trainer.store.schema import Feature, make_engine
 
 FEATURE = f"/runs/{SAE_RUN}/features/5"
 

@@ -17,7 +17,7 @@ from app.main import create_app
 from app.models import CaseStudyView, Findings
 from app.settings import Settings
 from monosemantic.cli import main
-from trainer.schema import Base, CaseStudy, SchemaInfo, make_engine
+from trainer.store.schema import Base, CaseStudy, SchemaInfo, make_engine
 
 REQUIRED = (
     "name",

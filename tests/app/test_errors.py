@@ -77,7 +77,7 @@ def test_database_from_the_future_is_refused(tmp_path) -> None:  # type: ignore[
 
     from app.main import create_app
     from app.settings import Settings
-    from trainer.schema import DatabaseError, SchemaInfo, ensure_schema, make_engine
+    from trainer.store.schema import DatabaseError, SchemaInfo, ensure_schema, make_engine
 
     url = f"sqlite:///{tmp_path / 'future.db'}"
     engine = make_engine(url)
@@ -92,7 +92,7 @@ def test_database_from_the_future_is_refused(tmp_path) -> None:  # type: ignore[
 def test_missing_database_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from app.main import create_app
     from app.settings import Settings
-    from trainer.schema import DatabaseError
+    from trainer.store.schema import DatabaseError
 
     url = f"sqlite:///{tmp_path / 'absent.db'}"
     with (

@@ -19,7 +19,7 @@ from app.models import Findings
 from app.settings import Settings
 from monosemantic.cli import build_parser, config_from_args
 from trainer.config import to_dict
-from trainer.schema import SCHEMA_VERSION, SchemaInfo, ensure_schema, make_engine
+from trainer.store.schema import SCHEMA_VERSION, SchemaInfo, ensure_schema, make_engine
 
 CLAIMS = [
     "reconstruction",

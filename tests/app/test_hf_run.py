@@ -16,7 +16,7 @@ from hfdata import FAMILIES, build_model, write_corpus
 from app.main import create_app
 from app.settings import Settings
 from monosemantic.cli import main
-from trainer.hf_model import load_tokenizer, token_bytes
+from trainer.lm.hf_model import load_tokenizer, token_bytes
 
 HOOKS = {
     "gpt2": ("blocks.1.mlp.hook_post", "blocks.0.hook_resid_post"),
@@ -190,7 +190,7 @@ def _hook_activations(folder: Path, hook: str, text: str, sae_dir: Path | None) 
     text and the activations at the hook (through the SAE, for an SAE run)."""
     import torch
 
-    from trainer.hf_model import load_hooked
+    from trainer.lm.hf_model import load_hooked
     from trainer.sae import SparseAutoencoder
 
     ids = load_tokenizer(str(folder)).backend_tokenizer.encode(text, add_special_tokens=False).ids

@@ -14,7 +14,7 @@ from appdb import SAE_RUN, FixtureDB
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app import inference
+from app.live import inference
 from app.main import create_app
 from app.settings import Settings
 

@@ -1,4 +1,4 @@
-"""Live model work in child processes (app/live.py): at a lower CPU priority, out of the server's
+"""Live model work in child processes (app/live/pool.py): at a lower CPU priority, out of the server's
 process, ended with the app; a child killed mid-request or running over its time gives a clean
 503 and the next request works; a steering burst on a real server gets 503s with Retry-After
 while the stored pages answer."""
@@ -23,11 +23,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from app.live import LiveExecutor, LiveFailed
+from app.live.pool import LiveExecutor, LiveFailed
 from app.main import create_app
 from app.security import CONTENT_SECURITY_POLICY
 from app.settings import Settings
-from trainer.schema import Run, make_engine
+from trainer.store.schema import Run, make_engine
 
 STEER = f"/runs/{SAE_RUN}/steer?text=the+cat&feature=2&tokens=4"
 

@@ -9,7 +9,7 @@ from appdb import NEURON_RUN, RUNNING_RUN, SAE_RUN
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
-from app.queries import visible
+from app.queries.runs import visible
 
 PAGES = [
     ("/", "/api/runs"),
@@ -96,7 +96,7 @@ def test_token_strip_markup() -> None:
     does; the activation alone for a negative one (a GELU neuron's); f for the focus token."""
     from markupsafe import Markup
 
-    from app.templating import token_spans
+    from app.pages.templating import token_spans
 
     strip = token_spans(["<b>", "·a", "b", "c", "&", "d"], [0.0, 2.0, -0.5, 0.0, 0.3, 1.1], 2.0, focus=3)
     assert isinstance(strip, Markup)

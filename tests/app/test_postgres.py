@@ -12,7 +12,7 @@ from appdb import NEURON_RUN, SAE_RUN, FixtureDB, build_fixture_db
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.prerender import prerender
+from app.pages.prerender import prerender
 from app.settings import Settings
 
 pytestmark = pytest.mark.postgres

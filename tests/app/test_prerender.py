@@ -14,11 +14,11 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from app.main import create_app
-from app.prerender import PrerenderError, prerender, run_page_paths, runs_without_pages
+from app.pages.prerender import PrerenderError, prerender, run_page_paths, runs_without_pages
 from app.settings import Settings
 from monosemantic.cli import main
-from trainer.schema import SCHEMA_VERSION, SchemaInfo, StoredPage, make_engine
-from trainer.store import pending_run
+from trainer.store.database import pending_run
+from trainer.store.schema import SCHEMA_VERSION, SchemaInfo, StoredPage, make_engine
 
 FEATURE = f"/runs/{SAE_RUN}/features/5"
 PAGES_PER_RUN = {SAE_RUN: 2 + 2 * N_SAE, NEURON_RUN: 2 + 2 * N_NEURONS}

@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 
 from app.models import FeatureDetail
-from app.queries import visible
-from app.templating import effect_scale, shade, underline_attributes
+from app.pages.templating import effect_scale, shade, underline_attributes
+from app.queries.runs import visible
 
 
 @pytest.fixture(scope="module")

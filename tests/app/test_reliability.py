@@ -18,7 +18,7 @@ from appdb import NEURON_RUN, SAE_RUN, FixtureDB
 from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
-from app.live import LiveProcess
+from app.live.pool import LiveProcess
 from app.main import create_app
 from app.security import CONTENT_SECURITY_POLICY
 from app.settings import Settings

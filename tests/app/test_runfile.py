@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from app.main import create_app
 from app.settings import Settings
 from monosemantic.cli import main
-from trainer.neuronpedia import export_neuronpedia
-from trainer.runfile import RunFileError, export_jsonl, import_jsonl
-from trainer.schema import (
+from trainer.store.database import complete_runs
+from trainer.store.neuronpedia import export_neuronpedia
+from trainer.store.runfile import RunFileError, export_jsonl, import_jsonl
+from trainer.store.schema import (
     CaseStudy,
     ExampleEffect,
     FeatureMatch,
@@ -28,7 +29,6 @@ from trainer.schema import (
     RunLink,
     make_engine,
 )
-from trainer.store import complete_runs
 
 
 def _same_instant(value: Any) -> Any:

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from app.main import create_app
 from app.settings import Settings
 from monosemantic.cli import main
-from trainer.model import OneLayerTransformer
+from trainer.corpus.tokenizer import load_tokenizer
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae.autoencoder import load_sae
-from trainer.tokenizer import load_tokenizer
 
 K = 8
 

@@ -13,9 +13,9 @@ from markupsafe import escape
 from sqlalchemy import select
 
 from trainer.config import SAEConfig
+from trainer.lm.steering import pin_feature, pin_neuron
 from trainer.sae import SparseAutoencoder
-from trainer.schema import Token, make_engine
-from trainer.steering import pin_feature, pin_neuron
+from trainer.store.schema import Token, make_engine
 
 PROMPT = "the cat sat on the"
 

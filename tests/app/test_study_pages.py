@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from app.main import create_app
 from app.settings import Settings
 from monosemantic.cli import main
-from trainer.schema import Run, Token, make_engine
+from trainer.store.schema import Run, Token, make_engine
 
 SMALL, LARGE, RUN_B = "tiny-paper-64", "tiny-paper-128", "tiny-paper-64-b"
 YARDSTICK = "tiny-paper-64-seed2"  # a second SAE of the main size on model A, SAE seed 2

@@ -8,8 +8,8 @@ from appdb import NEURON_RUN, FixtureDB
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.token_search import search
-from trainer.schema import Run, Token, TokenFeature, make_engine
+from app.queries.token_search import search
+from trainer.store.schema import Run, Token, TokenFeature, make_engine
 
 
 def reference(

@@ -36,10 +36,16 @@ PRELOAD = [
     "sqlalchemy",
     "sqlite3",
     "monosemantic.pipeline",
-    "trainer.train_lm",
+    "trainer.lm.train",
 ]
-PRELOAD += ["trainer.sae", "trainer.activations", "trainer.analyze", "trainer.evaluate", "trainer.hooks"]
-PRELOAD += ["trainer.sae.saelens_format", "app.main", "app.prerender"]
+PRELOAD += [
+    "trainer.sae",
+    "trainer.harvest",
+    "trainer.analysis.analyze",
+    "trainer.evaluate",
+    "trainer.lm.hooks",
+]
+PRELOAD += ["trainer.sae.saelens_format", "app.main", "app.pages.prerender"]
 N_UNITS = 7  # neurons and SAE features: below feature_map.MIN_FEATURES (8), so no UMAP
 
 
@@ -142,6 +148,6 @@ def run_stage(stage: str, cfg: Any, kill_at: int | None, report: str) -> None:
 
 
 def _prerender(cfg: Any) -> None:
-    from app.prerender import prerender
+    from app.pages.prerender import prerender
 
     prerender(cfg.database_url, processes=1, progress=False)

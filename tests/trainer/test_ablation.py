@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from test_analyze import N_CTX, small_config, tiny_setup
 
-from trainer.analyze import RunAnalysis, analyze_run, neuron_basis, sae_basis
-from trainer.model import OneLayerTransformer
-from trainer.schema import unpack_activations
+from trainer.analysis.analyze import RunAnalysis, analyze_run, neuron_basis, sae_basis
+from trainer.lm.model import OneLayerTransformer
+from trainer.store.schema import unpack_activations
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]  # mlp_post [1, n_ctx, d_mlp] -> x̂
 

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from trainer.analysis.analyze import RunAnalysis, analyze_run, neuron_basis, sae_basis
 from trainer.analysis.features import auto_label
 from trainer.analysis.stream import GroupedTopK
-from trainer.analyze import RunAnalysis, analyze_run, neuron_basis, sae_basis
 from trainer.config import AnalysisConfig, ModelConfig, SAEConfig
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
-from trainer.schema import unpack_activations, unpack_token_ids
+from trainer.store.schema import unpack_activations, unpack_token_ids
 
 N_CTX, VOCAB, D_MLP, D_SAE = 16, 64, 64, 96
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from trainer.analysis.case_studies import Bases, case_studies, unit_measures
+from trainer.analysis.case_study_runs import store_case_studies
 from trainer.analysis.proxies import (
     BUILTIN_PROXIES,
     FunctionProxy,
@@ -23,10 +24,9 @@ from trainer.analysis.proxies import (
     decode_tokens,
     parse_proxy,
 )
-from trainer.case_studies import store_case_studies
 from trainer.config import CaseStudyConfig
-from trainer.schema import CaseStudy, Feature, Run, RunFinding
-from trainer.store import open_database
+from trainer.store.database import open_database
+from trainer.store.schema import CaseStudy, Feature, Run, RunFinding
 
 KAF = "ك".encode()  # two bytes: byte-level BPE may split them over two tokens
 VOCAB = [b"\n", b"a", b"b", b" ", KAF[:1], KAF[1:], b"Z"]

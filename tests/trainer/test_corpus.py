@@ -4,7 +4,7 @@ import unicodedata
 import pytest
 
 from trainer.config import CorpusConfig
-from trainer.corpus import (
+from trainer.corpus.text import (
     CorpusError,
     _corpus_package_files,
     build_corpus,

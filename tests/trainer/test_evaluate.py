@@ -12,7 +12,7 @@ import torch
 
 from trainer.config import EvalConfig, ModelConfig, SAEConfig
 from trainer.evaluate import context_windows, evaluate_sae
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
 
 D_MLP = 64

@@ -10,10 +10,10 @@ import pytest
 
 from monosemantic.cli import main
 from trainer.config import CorpusConfig
-from trainer.corpus import build_corpus
+from trainer.corpus.text import build_corpus
 from trainer.extras import MissingExtra
-from trainer.hf_model import load_config, load_tokenizer
-from trainer.schema import make_engine
+from trainer.lm.hf_model import load_config, load_tokenizer
+from trainer.store.schema import make_engine
 
 POSTGRES_URL = "postgresql+psycopg://nobody@127.0.0.1:1/nothing"
 

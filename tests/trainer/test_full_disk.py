@@ -19,8 +19,8 @@ import torch
 
 from trainer.checkpoint import load_training_state
 from trainer.sae import train_sae
-from trainer.schema import make_engine
-from trainer.store import complete_runs, open_database
+from trainer.store.database import complete_runs, open_database
+from trainer.store.schema import make_engine
 
 sys.path.insert(0, str(Path(__file__).parent / "sae"))
 sys.path.insert(0, str(Path(__file__).parent))
@@ -186,7 +186,7 @@ def test_an_attempt_that_cannot_be_marked_failed_is_deleted(
     the old run stays the only one, the error is the one-line OSError, nothing stays 'running'."""
     from sqlalchemy.exc import OperationalError
 
-    import trainer.store as store_module
+    import trainer.store.database as store_module
 
     url = f"sqlite:///{tmp_path / 'monosemantic.db'}"
     old_id = store(url, tmp_path)

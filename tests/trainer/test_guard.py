@@ -14,8 +14,8 @@ import torch
 from trainer.checkpoint import CheckpointError, atomic_torch_save, load_training_state
 from trainer.config import LMTrainConfig, ModelConfig
 from trainer.guard import DivergenceError
-from trainer.model import OneLayerTransformer
-from trainer.train_lm import CHECKPOINT_NAME, train_lm
+from trainer.lm.model import OneLayerTransformer
+from trainer.lm.train import CHECKPOINT_NAME, train_lm
 
 MODEL = ModelConfig(vocab_size=64, n_ctx=16, d_model=32, n_heads=2, d_mlp=64)
 

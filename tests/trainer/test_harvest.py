@@ -3,9 +3,9 @@ import json
 import numpy as np
 import torch
 
-from trainer.activations import document_starts, harvest
 from trainer.config import HarvestConfig, ModelConfig
-from trainer.model import OneLayerTransformer
+from trainer.harvest import document_starts, harvest
+from trainer.lm.model import OneLayerTransformer
 
 
 def test_harvest_rows_are_shuffled_and_traceable(tmp_path):

@@ -9,9 +9,16 @@ import pytest
 import torch
 from hfdata import FAMILIES, N_LAYERS, build_model
 
-from trainer.hf_model import FAMILIES as LAYOUTS
-from trainer.hf_model import HFHookedLM, hook_names, load_hooked, load_tokenizer, token_bytes, tokenizer_info
-from trainer.hooks import HookError
+from trainer.lm.hf_model import FAMILIES as LAYOUTS
+from trainer.lm.hf_model import (
+    HFHookedLM,
+    hook_names,
+    load_hooked,
+    load_tokenizer,
+    token_bytes,
+    tokenizer_info,
+)
+from trainer.lm.hooks import HookError
 
 
 @pytest.fixture(scope="module")

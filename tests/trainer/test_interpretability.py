@@ -305,7 +305,7 @@ def test_measured_logit_baseline_of_a_random_model_is_chance() -> None:
     drawn as text draws them (a few frequent tokens, a long tail)."""
     from trainer.analysis.interpretability import logit_baselines, randomised_logit_weights
     from trainer.config import ModelConfig
-    from trainer.model import OneLayerTransformer
+    from trainer.lm.model import OneLayerTransformer
 
     torch.manual_seed(0)
     vocab, d_mlp, n_units = 512, 128, 300

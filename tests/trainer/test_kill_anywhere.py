@@ -9,7 +9,7 @@ Kill points are counts of the calls the project's code makes (killkit.py), drawn
 random.Random(SEED), so a failure replays with the same seed. CI runs KILLS_PER_STAGE = 4 (24
 kills); a soak runs more: MONOSEMANTIC_KILLS_PER_STAGE=50 MONOSEMANTIC_KILL_SEED=7 pytest
 tests/trainer/test_kill_anywhere.py. Killed analyses
-(every analyze kill) were the regression case for the leftover pending runs (trainer/store.py).
+(every analyze kill) were the regression case for the leftover pending runs (trainer/store/database.py).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ import torch
 
 from trainer.checkpoint import CheckpointError
 from trainer.config import LMTrainConfig, ModelConfig
-from trainer.model import OneLayerTransformer
-from trainer.train_lm import CHECKPOINT_NAME, train_lm
+from trainer.lm.model import OneLayerTransformer
+from trainer.lm.train import CHECKPOINT_NAME, train_lm
 
 MODEL = ModelConfig(vocab_size=64, n_ctx=16, d_model=32, n_heads=2, d_mlp=64)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainer.analysis.match_runs import Side, stream_activations
 from trainer.analysis.matching import (
     CorrelationAccumulator,
     best_match_histogram,
@@ -15,8 +16,7 @@ from trainer.analysis.matching import (
     match_activations,
 )
 from trainer.config import ModelConfig, SAEConfig
-from trainer.match import Side, stream_activations
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 from trainer.sae import SparseAutoencoder
 
 

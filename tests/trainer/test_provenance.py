@@ -16,7 +16,7 @@ import torch
 from monosemantic import pipeline
 from monosemantic.cli import main
 from trainer.config import EvalConfig, HarvestConfig, ModelConfig, RunConfig, SAEConfig, TokenizerConfig
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 from trainer.provenance import (
     DIGEST_KEY,
     ModelIdentity,

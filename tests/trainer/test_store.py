@@ -17,10 +17,11 @@ import pytest
 from sqlalchemy import func, inspect, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from trainer.analyze import AnalysisInputs, analyze_and_store, analyze_neurons_and_store
+from trainer.analysis.analyze import AnalysisInputs, analyze_and_store, analyze_neurons_and_store
 from trainer.config import AnalysisConfig, ModelConfig, RunConfig, SAEConfig, TokenizerConfig
 from trainer.sae import SparseAutoencoder
-from trainer.schema import (
+from trainer.store.database import PENDING_MARK, complete_runs, create_pending_run, open_database
+from trainer.store.schema import (
     SCHEMA_VERSION,
     DatabaseError,
     Example,
@@ -31,7 +32,6 @@ from trainer.schema import (
     TokenFeature,
     make_engine,
 )
-from trainer.store import PENDING_MARK, complete_runs, create_pending_run, open_database
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_analyze import D_SAE, VOCAB, small_config, tiny_setup  # noqa: E402

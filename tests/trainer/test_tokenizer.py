@@ -1,7 +1,7 @@
 import numpy as np
 
 from trainer.config import TokenizerConfig
-from trainer.tokenizer import EOT, encode_documents, load_token_split, token_bytes, train_tokenizer
+from trainer.corpus.tokenizer import EOT, encode_documents, load_token_split, token_bytes, train_tokenizer
 
 TEXTS = [
     "def f(x):\n    return x  # the answer\n",

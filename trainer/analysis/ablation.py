@@ -28,8 +28,8 @@ import torch
 
 from trainer.analysis.stats import Windows
 from trainer.analysis.stream import SparseBatch
-from trainer.model import OneLayerTransformer
-from trainer.schema import pack_activations
+from trainer.lm.model import OneLayerTransformer
+from trainer.store.schema import pack_activations
 
 ROWS_PER_CHUNK = 2048  # positions (or ablations) unembedded at once: [chunk, vocab] fp32 logits
 
@@ -166,7 +166,7 @@ def effect_rows(windows: Windows, effects: torch.Tensor) -> list[dict[str, Any]]
 
 
 def ablation_summary(windows: Windows, effects: torch.Tensor, n_most: int = 10) -> dict[str, Any]:
-    """The run-level numbers of the "ablation" RunFinding (layout in trainer/schema.py)."""
+    """The run-level numbers of the "ablation" RunFinding (layout in trainer/store/schema.py)."""
     firing = windows.valid & (windows.activations > 0) & ~effects.isnan()
     values = effects[firing].double()
     offset = (windows.focus - windows.start).unsqueeze(1)

@@ -9,7 +9,7 @@ activation magnitudes the paper's histograms show and needs no firing threshold;
 unit fires off the concept (specificity) and when it stays silent on it (sensitivity), so neither
 a unit that fires everywhere nor one that fires on a few of the concept's tokens wins.
 
-Measures of a unit a[t] against positives P (the payload layout is in trainer/schema.py):
+Measures of a unit a[t] against positives P (the payload layout is in trainer/store/schema.py):
 - specificity: Σ_{t∈P} a[t] / Σ_t a[t], the share of its activation mass on the concept; also, per
   threshold fraction φ, the share of its firings a > φ·max a that fall on the concept;
 - sensitivity: |{t ∈ P : a[t] > 0}| / |P|, the share of the concept's tokens where it fires;
@@ -33,8 +33,8 @@ from tqdm import tqdm
 from trainer.analysis.proxies import POSITIVE_SCORE, Proxy, TokenText, decode_tokens
 from trainer.analysis.stream import Encode, SparseCache, autocast_context, sparsify
 from trainer.config import CaseStudyConfig
-from trainer.hooks import HookedLM
-from trainer.steering import greedy_tokens, pin_feature, pin_neuron
+from trainer.lm.hooks import HookedLM
+from trainer.lm.steering import greedy_tokens, pin_feature, pin_neuron
 
 Progress = Callable[[str, int, int], None]
 

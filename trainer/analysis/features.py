@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.schema import display_token
+from trainer.store.schema import display_token
 
 CHUNK = 2048
 

@@ -40,7 +40,7 @@ from trainer.analysis.llm_explainer import Evidence, LLMEndpoint, LLMRules, expl
 from trainer.analysis.stats import Windows
 from trainer.analysis.stream import GroupedTopK, SparseBatch
 from trainer.config import AnalysisConfig
-from trainer.schema import display_token
+from trainer.store.schema import display_token
 
 CHUNK = 2048
 SHOWN_TOKENS, SHOWN_CONTEXTS = 5, 3  # how many the one-line explanation names
@@ -629,7 +629,7 @@ def logit_baselines(
 def randomised_logit_weights(model: Any, seed: int = 0) -> torch.Tensor | None:
     """[d_mlp, vocab] direct logit weights of a freshly initialised copy of our one-layer model
     (same config, seed `seed`); None for a model we cannot re-initialise."""
-    from trainer.model import OneLayerTransformer
+    from trainer.lm.model import OneLayerTransformer
 
     if not isinstance(model, OneLayerTransformer):
         return None

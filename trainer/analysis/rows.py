@@ -11,7 +11,7 @@ import torch
 from trainer.analysis.features import auto_label, logit_effects, nearest_neighbours, token_index, top_tokens
 from trainer.analysis.stats import FirstPass, SecondPass, Windows, make_windows, window_token_ids
 from trainer.config import AnalysisConfig
-from trainer.schema import pack_activations, pack_token_ids
+from trainer.store.schema import pack_activations, pack_token_ids
 
 FP16_MAX = 65504.0
 

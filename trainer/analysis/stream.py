@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.hooks import as_hooked
+from trainer.lm.hooks import as_hooked
 
 Encode = Callable[[torch.Tensor], torch.Tensor]  # x[N, d_in] -> f[N, n_features]
 

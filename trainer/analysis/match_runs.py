@@ -29,9 +29,9 @@ from trainer.analysis.matching import (
     row_correlation,
 )
 from trainer.analysis.stream import Encode, autocast_context
-from trainer.model import OneLayerTransformer
-from trainer.schema import FeatureMatch, Run, RunLink, StoredPage, Token
-from trainer.tokenizer import load_token_split
+from trainer.corpus.tokenizer import load_token_split
+from trainer.lm.model import OneLayerTransformer
+from trainer.store.schema import FeatureMatch, Run, RunLink, StoredPage, Token
 
 Progress = Callable[[str, int, int], None]
 

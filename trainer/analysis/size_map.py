@@ -2,7 +2,7 @@
 together): the decoder directions of all the sizes placed by one UMAP (trainer/analysis/
 feature_map.py, the single run's map), stored as a SizeMap with a SizeMapPoint per feature.
 
-The runs mapped are those linked to the given run as 'sizes' (trainer/match.py), plus itself.
+The runs mapped are those linked to the given run as 'sizes' (trainer/analysis/match_runs.py), plus itself.
 UMAP's compile is paid once per process: in a study's `analyze` the single-run maps have paid it.
 """
 
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from trainer.analysis.feature_map import feature_map
-from trainer.schema import Run, SizeMap, SizeMapPoint, linked_sizes
+from trainer.store.schema import Run, SizeMap, SizeMapPoint, linked_sizes
 
 
 @dataclass

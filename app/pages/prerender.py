@@ -2,7 +2,7 @@
 
 A complete run never changes, so its page and each of its features' pages (HTML and JSON twin)
 can be rendered ahead of time, like a static site, and served by one indexed read instead of
-~10 ms of rendering (`app.cache` serves them, `x-cache: store`). The pages are rendered by the
+~10 ms of rendering (`app.pages.cache` serves them, `x-cache: store`). The pages are rendered by the
 real app, in-process, so they are the very bytes a live render sends; each is stored with the
 app's code version and used only by that same code. Already stored pages are skipped, so an
 interrupted prerender continues where it stopped; pages are written in small transactions, each
@@ -28,8 +28,8 @@ from sqlalchemy.engine import Engine
 from tqdm import tqdm
 
 from app import links
-from app.cache import app_version
-from trainer.schema import (
+from app.pages.cache import app_version
+from trainer.store.schema import (
     Run,
     StoredPage,
     ensure_schema,

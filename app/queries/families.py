@@ -1,5 +1,5 @@
 """Queries behind the study's views: a feature's matches, its family across sizes, and the
-best-match histograms of universality (tables RunLink and FeatureMatch of trainer/schema.py).
+best-match histograms of universality (tables RunLink and FeatureMatch of trainer/store/schema.py).
 
 A database from before these tables is served without them: every function here answers "no
 matches" when the tables are missing (the read-only app never migrates).
@@ -26,8 +26,8 @@ from app.family_models import (
     MatchSummary,
     UniversalityView,
 )
-from app.queries import NotFoundError, feature_labels, get_run, table_names
-from trainer.schema import Feature, FeatureMatch, Run, RunLink, Token
+from app.queries.runs import NotFoundError, feature_labels, get_run, table_names
+from trainer.store.schema import Feature, FeatureMatch, Run, RunLink, Token
 
 MAX_CHILDREN = 6  # per node of a family tree
 MAX_PER_LEVEL = 24

@@ -2,7 +2,7 @@
 revalidated by browsers with ETags.
 
 A complete run never changes: re-analysing a model writes a new run (new id) and swaps the slug
-over in one transaction (`trainer.store.publish_run`). So a page of a complete run is the same
+over in one transaction (`trainer.store.database.publish_run`). So a page of a complete run is the same
 bytes for as long as its slug names the same (run id, completed_at), and each request checks that
 with one read of the small `runs` table (a few rows) before answering from the cache, so a slug
 re-pointed at a new run is never answered from the old one's entry.
@@ -41,8 +41,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import handle_pool_timeout
-from app.templating import STATIC_DIR, TEMPLATES_DIR
-from trainer.schema import Run, StoredPage
+from app.pages.templating import STATIC_DIR, TEMPLATES_DIR
+from trainer.store.schema import Run, StoredPage
 
 # Browsers and proxies may keep a page but must ask (If-None-Match → 304) before reusing it,
 # since a slug can be re-pointed at a newer run.
@@ -51,7 +51,7 @@ GZIP_LEVEL = 1  # 0.37 ms for an 80 kB feature page, 6.2x smaller; level 6: 0.86
 RunRow = tuple[int, str, str, str]  # id, slug, status, completed_at (as text)
 
 
-APP_DIR = Path(__file__).resolve().parent
+APP_DIR = Path(__file__).resolve().parents[1]  # all of app/, not only app/pages/
 
 
 def code_version(*directories: Path) -> str:

@@ -41,7 +41,7 @@ from app.models import (
     TokenOut,
     TopToken,
 )
-from trainer.schema import (
+from trainer.store.schema import (
     Example,
     ExampleEffect,
     Feature,

@@ -5,7 +5,7 @@ A `HookedLM` is a language model with one named hook point (TransformerLens's na
 there; evaluation splices an SAE's reconstruction (or zeros, or the mean) in there and measures
 the next-token loss; analysis maps a feature's direction at the hook to the logits. Two
 implementations: `OneLayerHooked` (our own model, hook `blocks.0.mlp.hook_post` only) and
-`trainer.hf_model.HFHookedLM` (any supported `transformers` causal LM, by forward hooks).
+`trainer.lm.hf_model.HFHookedLM` (any supported `transformers` causal LM, by forward hooks).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from trainer.model import HOOK_MLP_POST, OneLayerTransformer
+from trainer.lm.model import HOOK_MLP_POST, OneLayerTransformer
 
 Replacement = Callable[[torch.Tensor], torch.Tensor]  # activations at the hook -> what flows on
 

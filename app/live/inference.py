@@ -1,10 +1,10 @@
 """Live inference for one run: tokenise a text, run the model, read its features.
 
 A run's model is either ours (`artifacts_path` holds tokenizer.json and lm/) or a transformers
-causal LM (the stored config's `model_path`, read at its `hook` through trainer.hf_model, with
+causal LM (the stored config's `model_path`, read at its `hook` through trainer.lm.hf_model, with
 its own tokenizer); an 'sae' run adds its SAE (`sae_path`, ours or SAELens's layout). They are
 loaded once per run and kept (`load_artifacts` is cached, in the app's live model processes:
-app/live.py). For a 'neurons' run the features are the activations at the hook (the MLP's
+app/live/pool.py). For a 'neurons' run the features are the activations at the hook (the MLP's
 neurons) themselves.
 """
 
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
     from tokenizers import Tokenizer
 
-    from trainer.hooks import HookedLM
-    from trainer.schema import Run
+    from trainer.lm.hooks import HookedLM
+    from trainer.store.schema import Run
 
 TOP_PER_TOKEN = 5
 KEPT_MODELS = 4  # runs whose models a live process keeps loaded (`_load_artifacts`'s cache)
@@ -106,7 +106,7 @@ def _load_transformers(source: ModelSource) -> Artifacts:
     assert source.model_path is not None  # nosec B101  # narrows the type for mypy
     if not source.hook:
         raise ArtifactsUnavailable("This run names a transformers model but no hook point.")
-    from trainer.hf_model import load_hooked, load_tokenizer
+    from trainer.lm.hf_model import load_hooked, load_tokenizer
 
     tokenizer = load_tokenizer(source.model_path).backend_tokenizer
     lm = load_hooked(source.model_path, source.hook, n_ctx=source.n_ctx or 1024, device="cpu")
@@ -119,9 +119,9 @@ def _load_own(source: ModelSource) -> Artifacts:
         raise ArtifactsUnavailable("This run records no artifacts folder, so there is no model to run.")
     root = Path(source.artifacts_path)
     tokenizer_path, lm_dir = root / "tokenizer.json", root / "lm"
-    from trainer.hooks import OneLayerHooked
-    from trainer.model import OneLayerTransformer
-    from trainer.tokenizer import load_tokenizer
+    from trainer.corpus.tokenizer import load_tokenizer
+    from trainer.lm.hooks import OneLayerHooked
+    from trainer.lm.model import OneLayerTransformer
 
     lm = OneLayerHooked(OneLayerTransformer.load(lm_dir))
     sae = _load_sae(source, lm.d_in)
@@ -165,7 +165,7 @@ def _load_artifacts(source: ModelSource) -> Artifacts:
 def preload_sources(session: Session) -> list[ModelSource]:
     """The models a live process loads when it starts: those of the newest complete runs (as many
     as it keeps), when they are on this machine (a hub id could download: it waits for a request)."""
-    from trainer.schema import Run
+    from trainer.store.schema import Run
 
     newest = session.scalars(select(Run).where(Run.status == "complete").order_by(Run.id.desc()))
     sources: list[ModelSource] = []

@@ -1,4 +1,4 @@
-"""Writing runs into the database (trainer/schema.py) so that a run only ever appears complete.
+"""Writing runs into the database (trainer/store/schema.py) so that a run only ever appears complete.
 
 Protocol: `create_pending_run` inserts the Run as status 'running' under a pending slug
 ('<slug>~pending-<host>-<pid>-<hex>', naming the writing process); rows are bulk-inserted in
@@ -26,7 +26,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from trainer.schema import (
+from trainer.store.schema import (
     Base,
     CaseStudy,
     DatabaseError,

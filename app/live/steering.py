@@ -2,7 +2,7 @@
 
 Greedy continuations of a prompt, once as the model writes it and once with one feature (or,
 for a 'neurons' run, one neuron) held at a fixed value at every position, prompt and generated
-(the pinning itself: trainer/steering.py, shared with the case studies).
+(the pinning itself: trainer/lm/steering.py, shared with the case studies).
 Contexts longer than the model's n_ctx lose their oldest tokens.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from app.inference import Artifacts
+from app.live.inference import Artifacts
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ def steer(
     text has no tokens."""
     import torch
 
-    from trainer.steering import pin_feature, pin_neuron  # torch, only when steering is used
+    from trainer.lm.steering import pin_feature, pin_neuron  # torch, only when steering is used
 
     prompt_ids = artifacts.encode(text)
     if not prompt_ids:

@@ -2,7 +2,7 @@
 many features of the smaller have children in the larger (features whose best match in the
 smaller is them, with activation correlation at or above the paper's ~0.4 link threshold), how
 many split into several, and the largest families; and the map of every size together
-(tables RunLink, FeatureMatch, SizeMap of trainer/schema.py).
+(tables RunLink, FeatureMatch, SizeMap of trainer/store/schema.py).
 
 A database from before these tables is served without them (the read-only app never migrates).
 """
@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session
 
 from app import links
 from app.family_models import FAMILY_THRESHOLD, LinkedRun
-from app.family_queries import has_match_tables, linked_run
-from app.queries import feature_labels, table_names
-from trainer.schema import Feature, FeatureMatch, Run, RunLink, SizeMap, SizeMapPoint, linked_sizes
+from app.queries.families import has_match_tables, linked_run
+from app.queries.runs import feature_labels, table_names
+from trainer.store.schema import Feature, FeatureMatch, Run, RunLink, SizeMap, SizeMapPoint, linked_sizes
 
 N_FAMILIES = 5  # largest families listed per pair of sizes
 

@@ -1,5 +1,5 @@
 """Harvest the activations at the hook point (our model's MLP, or any hook of a transformers
-model: trainer/hooks.py), for SAE training.
+model: trainer/lm/hooks.py), for SAE training.
 
 As in the paper, rows are shuffled across contexts: each shard is filled from many random
 contexts of the training split and its rows are permuted before writing. Layout of the
@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from trainer.checkpoint import atomic_write_bytes, atomic_write_text
 from trainer.config import HarvestConfig
-from trainer.hooks import HookedLM, as_hooked
-from trainer.model import OneLayerTransformer
+from trainer.lm.hooks import HookedLM, as_hooked
+from trainer.lm.model import OneLayerTransformer
+from trainer.lm.train import autocast
 from trainer.provenance import DIGEST_KEY
-from trainer.train_lm import autocast
 
 MANIFEST = "manifest.json"
 

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from app.charts import Spec, _layout
 from app.family_models import BestMatchHistogram, FamilyTree
 from app.links import feature_url
-from app.splitting import SizeMapPointOut
+from app.pages.charts import Spec, _layout
+from app.queries.splitting import SizeMapPointOut
 
 LABEL_CHARS = 50
 

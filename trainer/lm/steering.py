@@ -2,7 +2,7 @@
 
 For an SAE feature the activations x at the hook become x + (value − f_i(x))·W_dec[i]: only
 feature i changes, the SAE's reconstruction error is kept, and value = f_i(x) changes nothing.
-A neuron is simply set to the value. The app's steering page (app/steering.py) and the case
+A neuron is simply set to the value. The app's steering page (app/live/steering.py) and the case
 studies (trainer/analysis/case_studies.py) both pin through these.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from trainer.hooks import HookedLM, Replacement
+from trainer.lm.hooks import HookedLM, Replacement
 
 
 def pin_feature(x: torch.Tensor, sae: Any, index: int, value: float) -> torch.Tensor:

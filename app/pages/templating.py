@@ -14,13 +14,13 @@ from starlette.responses import Response
 
 from app import links
 from app.models import ExampleOut, FeatureDetail
-from app.queries import visible
+from app.queries.runs import visible
 
 
 def site_dir(name: str) -> Path:
     """The folder `name` (templates or static): app/web/<name> in an installed wheel (setup.py
     copies it there), else the checkout's top-level <name> (an editable install, or the tests)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # app/, above app/pages/
     packaged = package / "web" / name
     return packaged if packaged.is_dir() else package.parent / name
 

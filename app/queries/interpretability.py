@@ -16,9 +16,10 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import links, queries
+from app import links
 from app.models import InterpretationOut
-from trainer.schema import Interpretation, Run, RunFinding
+from app.queries.runs import table_names
+from trainer.store.schema import Interpretation, Run, RunFinding
 
 # The paper's figures (PAPER.md): automatic interpretability on the logit side, and the human
 # rubric (0-14) on activations.
@@ -86,7 +87,7 @@ class InterpretabilityComparison(BaseModel):
 
 def has_interpretations(session: Session) -> bool:
     """Whether the database has the interpretations table (a read-only app never migrates)."""
-    return Interpretation.__tablename__ in queries.table_names(session)
+    return Interpretation.__tablename__ in table_names(session)
 
 
 def feature_interpretations(session: Session, run: Run, index: int) -> list[InterpretationOut]:
@@ -119,7 +120,7 @@ def _median(values: list[float]) -> float | None:
 def _stored_summary(session: Session, run: Run) -> dict[str, Any]:
     """What `analyze` stored beside the scores (RunFinding 'interpretability'): the medians'
     bootstrap intervals and the measured logit baseline; {} for a run analysed before them."""
-    if RunFinding.__tablename__ not in queries.table_names(session):
+    if RunFinding.__tablename__ not in table_names(session):
         return {}
     data = session.scalars(
         select(RunFinding.data).where(RunFinding.run_id == run.id, RunFinding.key == "interpretability")

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from trainer.checkpoint import atomic_torch_save, atomic_write_text, load_training_state
 from trainer.config import LMTrainConfig, ModelConfig
 from trainer.guard import check_finite
-from trainer.model import OneLayerTransformer
+from trainer.lm.model import OneLayerTransformer
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from app import links
 from app.models import SearchHit, SearchMode, SearchResult, TokenMatch
-from app.queries import NotFoundError, get_run, token_out
-from trainer.schema import Feature, Run, Token, TokenFeature
+from app.queries.runs import NotFoundError, get_run, token_out
+from trainer.store.schema import Feature, Run, Token, TokenFeature
 
 SEARCH_TOKENS_MAX = 200  # vocabulary tokens a prefix search may expand to
 SEARCH_HITS_DEFAULT = 100

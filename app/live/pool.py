@@ -4,7 +4,7 @@ Each worker process hands its model work to `processes` child processes of its o
 thread or lock of the server is copied into them), started when the worker starts (`prestart`,
 which can also load the runs' models in them) or else on first use. A child runs one job at
 a time, at a lower CPU priority (`os.nice(nice)`) on `torch_threads` torch threads, and loads and
-keeps the runs' models itself (`app.inference.load_artifacts` is cached in the child). So a model
+keeps the runs' models itself (`app.live.inference.load_artifacts` is cached in the child). So a model
 never holds the GIL of the event loop that answers the stored pages, and when pages and models
 both want the CPUs the kernel serves the pages first. (Threads in the server's own process, as
 before, let a steering burst raise the stored pages' p99 tenfold: README, "Live endpoints".)
@@ -39,7 +39,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 if TYPE_CHECKING:
-    from app.inference import ModelSource
+    from app.live.inference import ModelSource
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from trainer.analysis.case_studies import Bases, Progress, case_studies
 from trainer.analysis.proxies import proxies as make_proxies
 from trainer.config import CaseStudyConfig
-from trainer.schema import CaseStudy, Run, Token
+from trainer.store.schema import CaseStudy, Run, Token
 
 
 class CaseStudyError(ValueError):
@@ -59,8 +59,8 @@ def _pct(value: float | None) -> str:
 
 def _load(run: Run) -> tuple[Bases, Path]:
     """The run's model and SAE, and its tokens folder (our own one-layer model only, yet)."""
-    from trainer.hooks import OneLayerHooked
-    from trainer.model import OneLayerTransformer
+    from trainer.lm.hooks import OneLayerHooked
+    from trainer.lm.model import OneLayerTransformer
     from trainer.sae import SparseAutoencoder
 
     if (run.config or {}).get("model_path"):
@@ -95,7 +95,7 @@ def run_case_studies(
     """Compute and store the case studies of SAE run `slug` (its model's neurons beside its
     features). Raises CaseStudyError, before any work, for a run they cannot be computed on, and
     ProxyError for a user's proxy that cannot be built."""
-    from trainer.tokenizer import load_token_meta, load_token_split
+    from trainer.corpus.tokenizer import load_token_meta, load_token_split
 
     proxies = make_proxies(cfg.proxies, cfg.builtin)
     if not proxies:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from trainer.extras import require_extra
-from trainer.hooks import HookError, Replacement, cross_entropy
+from trainer.lm.hooks import HookError, Replacement, cross_entropy
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ def token_bytes(tokenizer: Any, vocab_size: int) -> list[bytes]:
     """The bytes of every token id up to the model's vocabulary size: byte-level BPE pieces (GPT-2,
     NeoX) through GPT-2's byte map, SentencePiece pieces (Llama) with '▁' as a space and <0xNN>
     as that byte; special tokens as their text; ids past the tokenizer as '<unused N>'."""
-    from trainer.tokenizer import _bytes_to_unicode
+    from trainer.corpus.tokenizer import _bytes_to_unicode
 
     serialized = json.loads(tokenizer.backend_tokenizer.to_str())
     byte_level = '"ByteLevel"' in json.dumps([serialized.get("pre_tokenizer"), serialized.get("decoder")])

@@ -29,8 +29,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 
-from trainer.runfile import complete_run, table_rows
-from trainer.schema import Token, unpack_activations, unpack_token_ids
+from trainer.store.runfile import complete_run, table_rows
+from trainer.store.schema import Token, unpack_activations, unpack_token_ids
 
 FEATURES_PER_BATCH = 1024  # export-data.py's FEATURES_EXPLANATIONS_BATCH_SIZE / ACTIVATIONS_BATCH_SIZE
 DEFAULT_HOOK = "blocks.0.mlp.hook_post"

@@ -5,7 +5,7 @@ and store the run in the database — what the paper's interactive feature pages
 by `AnalysisConfig.tokens_per_batch`), keeping only the nonzero activations in an on-disk cache;
 cheap passes over that cache add the histograms, the interval samples, every example window's
 activations and the top examples' ablation effects (trainer/analysis/). `analyze_and_store` and
-`analyze_neurons_and_store` wrap it with the database protocol of trainer/store.py; what both read
+`analyze_neurons_and_store` wrap it with the database protocol of trainer/store/database.py; what both read
 (the run's config, model, tokenizer and held-out tokens) is one `AnalysisInputs`.
 """
 
@@ -46,9 +46,10 @@ from trainer.analysis.stats import (
 )
 from trainer.analysis.stream import Encode, SparseCache, encode_stream
 from trainer.config import AnalysisConfig, RunConfig, to_dict
-from trainer.hooks import OWN_LOGIT_NOTE, HookedLM, OneLayerHooked, as_hooked
-from trainer.model import OneLayerTransformer
-from trainer.schema import (
+from trainer.lm.hooks import OWN_LOGIT_NOTE, HookedLM, OneLayerHooked, as_hooked
+from trainer.lm.model import OneLayerTransformer
+from trainer.store.database import insert_rows, open_database, pending_run, update_run
+from trainer.store.schema import (
     Example,
     ExampleEffect,
     Feature,
@@ -59,7 +60,6 @@ from trainer.schema import (
     display_token,
     token_text,
 )
-from trainer.store import insert_rows, open_database, pending_run, update_run
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): for tests and UIs
 LOGIT_NOTE_KEY = "logit_effects"  # in Run.metrics: how the logit effects reach the logits
@@ -336,7 +336,7 @@ def token_rows(token_bytes: list[bytes]) -> list[dict[str, Any]]:
 def _token_bytes(tokenizer: Any) -> list[bytes]:
     if isinstance(tokenizer, list):
         return tokenizer
-    from trainer.tokenizer import token_bytes
+    from trainer.corpus.tokenizer import token_bytes
 
     return token_bytes(tokenizer)
 

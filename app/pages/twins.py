@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from app import links
-from app.templating import render
+from app.pages.templating import render
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 

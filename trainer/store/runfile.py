@@ -15,7 +15,7 @@ One JSON object per line (UTF-8; gzip-compressed when the name ends in .gz):
     {"type": "feature_match", ...}    one per feature match of those links
     {"type": "end", "counts": {...}}  last line: a file without it was cut short
 
-Rows carry the columns of trainer/schema.py by name (binary columns as hex or number lists), so
+Rows carry the columns of trainer/store/schema.py by name (binary columns as hex or number lists), so
 everything a page shows goes through; `import` writes a file in one transaction after reading it
 all once, so a bad file leaves the database as it was. Links name their runs by slug: importing
 a run restores its links to the runs of those slugs already in the database, so importing every
@@ -41,7 +41,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
-from trainer.schema import (
+from trainer.store.database import PENDING_MARK, open_database
+from trainer.store.schema import (
     Base,
     CaseStudy,
     Example,
@@ -60,7 +61,6 @@ from trainer.schema import (
     unpack_token_ids,
     utcnow,
 )
-from trainer.store import PENDING_MARK, open_database
 
 FORMAT = "monosemantic-run"
 VERSION = 3
