@@ -43,7 +43,7 @@ from trainer.config import SAEConfig
 if TYPE_CHECKING:
     from trainer.sae.autoencoder import SparseAutoencoder
 
-HOOK_NAME = "blocks.0.mlp.hook_post"  # trainer.model.HOOK_MLP_POST; kept here so loading needs no model
+HOOK_NAME = "blocks.0.mlp.hook_post"  # trainer.lm.model.HOOK_MLP_POST; kept here so loading needs no model
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 

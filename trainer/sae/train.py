@@ -260,7 +260,7 @@ def train_sae(
         "activations": source.name,
         **source.recorded_model,  # the harvest's model digest and hook, checked by evaluate
     }
-    if isinstance(cfg, RunConfig) and cfg.hook:  # the hook it was harvested at (trainer/hooks.py)
+    if isinstance(cfg, RunConfig) and cfg.hook:  # the hook it was harvested at (trainer/lm/hooks.py)
         state.sae.hook_name = cfg.hook
     if is_main_process():
         state.sae.save(out_dir, model_name=model_name, context_size=context_size)
