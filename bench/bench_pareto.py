@@ -82,10 +82,11 @@ SEEDS = (0, 1, 2)
 # How held-out metrics are measured. 1: the first --eval tokens of the validation split; 2: windows
 # spread over the whole split (trainer.evaluate.context_windows). Part of every row's cache key.
 EVAL_PROTOCOL = 2
-# What a row's numbers depend on beyond its settings: the code that trains and evaluates it. Ours
-# trains with the whole trainer; SAELens rows run SAELens's trainer (its version is in the key) and
-# only our evaluator and loader, so that a change elsewhere in trainer/ keeps them (each is ~7 CPU
-# minutes; one trainer/ tree for every row threw them all away at each commit).
+# A row has two keys. Its training key (the result file's name) is its settings and the code that
+# trained it: ours, the whole trainer; SAELens's rows, saelens_train.py (SAELens's own version is in
+# the settings). Its evaluation key is EVAL_PROTOCOL and the code of our evaluator and loader: when
+# that changes, a cached row is evaluated again from its saved SAE (seconds) instead of trained
+# again (a SAELens row is ~7 CPU minutes), so a refactor of the evaluator keeps every training.
 EVAL_CODE = (
     "trainer/evaluate.py",
     "trainer/lm/hooks.py",
@@ -93,7 +94,13 @@ EVAL_CODE = (
     "trainer/sae/autoencoder.py",
     "trainer/sae/saelens_format.py",
 )
-CODE_PATHS = {"ours": ("trainer",), "saelens": ("bench/saelens_train.py", *EVAL_CODE)}
+CODE_PATHS = {"ours": ("trainer",), "saelens": ("bench/saelens_train.py",)}
+
+
+def eval_key() -> str:
+    return f"protocol {EVAL_PROTOCOL} {code_version(EVAL_CODE)}"
+
+
 SAELENS_ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 
 
@@ -316,7 +323,6 @@ def run_settings(run: Run, d_in: int, source: str, args: argparse.Namespace, ver
         # The rows' digest names the model (its manifest); check_lm holds --lm to that model.
         "activations": source,
         "threads": run.threads,
-        "eval_protocol": EVAL_PROTOCOL,
         "code": code_version(CODE_PATHS[run.cell.system]),
     }
     if run.cell.system == "ours":
@@ -423,7 +429,7 @@ class Bench:
         path, settings = self.result_path(run)
         if path.exists():
             print(f"{run.name}: cached ({path.name})")
-            return json.loads(path.read_text())
+            return self.refresh(json.loads(path.read_text()), path)
         if not claim(path.with_suffix(".claim")):
             print(f"{run.name}: being trained by another bench process; left to it")
             return None
@@ -431,6 +437,26 @@ class Bench:
             return self._train(run, path, settings)
         finally:
             path.with_suffix(".claim").unlink(missing_ok=True)
+
+    def evaluate(self, system: str, out: Path) -> dict:
+        """Held-out metrics of the SAE saved in `out` (and, for SAELens's, our loader's agreement
+        with SAELens's own reconstruction), with the evaluation key they were measured under."""
+        sae = SparseAutoencoder.load(out)
+        extra = {"loader_max_abs_diff": loader_check(sae, self.acts, out)} if system == "saelens" else {}
+        metrics = self.evaluator(sae, out)
+        metrics.pop("n_tokens")  # the held-out count; the row's n_tokens is the training budget
+        return {**metrics, **extra, "eval_key": eval_key()}
+
+    def refresh(self, row: dict, path: Path) -> dict:
+        """A cached row, evaluated again from its saved SAE if it was measured under another
+        evaluation key (and written back); as it was if its SAE folder is gone."""
+        if row.get("eval_key") == eval_key() or not Path(row.get("sae_dir", "")).is_dir():
+            return row
+        print(f"{path.stem}: evaluating again (evaluator changed)...", flush=True)
+        row = {**row, **self.evaluate(row["system"], Path(row["sae_dir"]))}
+        row["evaluated_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        path.write_text(json.dumps(row, indent=2))
+        return row
 
     def _train(self, run: Run, path: Path, settings: dict) -> dict | None:
         out = self.args.work_dir / "saes" / path.stem
@@ -446,16 +472,10 @@ class Bench:
                 return None
             trained = found
         torch.set_num_threads(self.args.threads)
-        sae = SparseAutoencoder.load(out)
+        metrics = self.evaluate(run.cell.system, out)
         extra: dict[str, Any] = {}
         if run.cell.system == "saelens":
-            extra = {
-                "loader_max_abs_diff": loader_check(sae, self.acts, out),
-                "train_l0": trained.get("train_l0"),
-                "saelens_non_default": trained.get("non_default"),
-            }
-        metrics = self.evaluator(sae, out)
-        metrics.pop("n_tokens")  # the held-out count; the row's n_tokens is the training budget
+            extra = {"train_l0": trained.get("train_l0"), "saelens_non_default": trained.get("non_default")}
         result = {
             "system": run.cell.system,
             "variant": run.cell.label,
@@ -476,7 +496,7 @@ class Bench:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
-        check = f", loader |Δ| {extra['loader_max_abs_diff']:.2g}" if extra else ""
+        check = f", loader |Δ| {metrics['loader_max_abs_diff']:.2g}" if extra else ""
         print(
             f"  L0 {result['l0']:.1f}, FVU {result['fvu']:.4f}, dead {100 * result['dead_fraction']:.1f}%, "
             f"CE rec {100 * result['ce_loss_recovered']:.1f}%, {result['wall_seconds']:.0f} s "
@@ -518,10 +538,9 @@ def claim(path: Path) -> bool:
 
 
 def why_left_out(row: dict, bench: Bench) -> str | None:
-    """Why a cached row may not enter this report, or None."""
+    """Why a cached row may not enter this report, or None. Its training is checked first; only a
+    row whose training is current is evaluated again (Bench.refresh) when the evaluator changed."""
     settings = row.get("settings", {})
-    if settings.get("eval_protocol") != EVAL_PROTOCOL:
-        return f"evaluation protocol {settings.get('eval_protocol', 1)}, not {EVAL_PROTOCOL}"
     code = code_version(CODE_PATHS.get(row.get("system", ""), ("trainer",)))
     if settings.get("code") != code:
         return f"code {settings.get('code', 'unrecorded (before issue 22)')}, not {code}"
@@ -529,6 +548,8 @@ def why_left_out(row: dict, bench: Bench) -> str | None:
         return "other training rows"
     if row["system"] == "saelens" and settings.get("sae_lens_version") != bench.version:
         return f"SAELens {settings.get('sae_lens_version')}, not {bench.version}"
+    if row.get("eval_key") != eval_key():
+        return f"evaluated under {row.get('eval_key', 'an unrecorded evaluator')}, and its SAE is gone"
     return None
 
 
@@ -539,6 +560,9 @@ def build_report(bench: Bench, cells: list[Cell], missing: list[str]) -> dict:
     for path in sorted((bench.args.work_dir / "results").glob("*.json")):
         row = json.loads(path.read_text())
         why = why_left_out(row, bench) if "settings" in row else "written before issue 22"
+        if why is not None and why.startswith("evaluated under") and "lr" in row:
+            row = bench.refresh(row, path)
+            why = why_left_out(row, bench)
         base_variant = row.get("variant", "").split(" [")[0]
         if why is None and f"{row['system']}-{base_variant}-{row['setting']}" not in known:
             why = "a cell this bench no longer has"
@@ -585,6 +609,7 @@ def build_report(bench: Bench, cells: list[Cell], missing: list[str]) -> dict:
             "code_saelens_rows": code_version(CODE_PATHS["saelens"]),
             "commits": sorted({r["commit"] for r in rows}),
             "eval_protocol": EVAL_PROTOCOL,
+            "eval_key": eval_key(),
             "activations": str(args.activations),
             "lm": str(args.lm),
             "tokens": args.tokens,
