@@ -466,6 +466,10 @@ class CaseStudySample(BaseModel):
 class CaseStudyDownstream(BaseModel):
     n_prompts: int = 0
     n_tokens: int = Field(0, description="Tokens written per prompt.")
+    pin_scale: float | None = Field(
+        None,
+        description="Each unit pinned at this times its largest activation (null: stored before it was recorded).",
+    )
     unpinned: float | None = Field(None, description="Mean proxy score of the tokens written unpinned.")
     feature: PinnedEffect | None = None
     neuron: PinnedEffect | None = None

@@ -133,6 +133,7 @@ def test_planted_units_recover_specificity_and_sensitivity() -> None:
     assert effect["unpinned"] < 0.1
     assert effect["feature"]["value"] == pytest.approx(6.0) and effect["feature"]["pinned"] >= 0.8
     assert effect["neuron"]["value"] == pytest.approx(2.0)
+    assert effect["pin_scale"] == 2.0
     assert effect["neuron"]["pinned"] == effect["unpinned"]
     assert len(effect["samples"]) == 3 and "كك" in effect["samples"][0]["feature"]
 

@@ -261,6 +261,7 @@ def downstream(
     out: dict[str, Any] = {
         "n_prompts": len(prompts),
         "n_tokens": cfg.generate_tokens,
+        "pin_scale": cfg.pin_scale,
         "unpinned": _generated_score(proxy, prompts, unpinned, vocab, eot_id),
     }
     texts: dict[str, np.ndarray] = {"unpinned": unpinned}
